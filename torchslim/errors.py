@@ -1,0 +1,60 @@
+"""Every exception torchslim raises on purpose.
+
+Each one carries a message that says what was wrong, the value received and how to fix
+it. The CLI prints ``TorchslimError`` messages on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TorchslimError",
+    "ConfigError",
+    "UnknownNameError",
+    "DataNotFoundError",
+    "DataFormatError",
+    "CheckpointError",
+    "ArchitectureMismatchError",
+    "ArtifactError",
+    "UnsupportedModelError",
+    "MissingDependencyError",
+]
+
+
+class TorchslimError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class ConfigError(TorchslimError, ValueError):
+    """An option has a value outside what it accepts."""
+
+
+class UnknownNameError(ConfigError):
+    """A name (model, dataset, observer, ...) that no registry knows."""
+
+
+class DataNotFoundError(TorchslimError, FileNotFoundError):
+    """A dataset file is missing."""
+
+
+class DataFormatError(TorchslimError, ValueError):
+    """A dataset file exists but cannot be parsed."""
+
+
+class CheckpointError(TorchslimError):
+    """A checkpoint is missing, unreadable or incomplete."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """A checkpoint's weights do not fit the model it is loaded into."""
+
+
+class ArtifactError(TorchslimError):
+    """An exported artifact (ONNX, OpenVINO IR) cannot be read or run."""
+
+
+class UnsupportedModelError(TorchslimError):
+    """A model (or part of it) that an operation cannot handle."""
+
+
+class MissingDependencyError(TorchslimError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
