@@ -1,0 +1,130 @@
+"""Checkpoints: weights in safetensors, a JSON sidecar that says how to rebuild the model.
+
+``teacher.safetensors`` holds the state dict (no pickle) and, in its metadata, a copy of
+the sidecar; ``teacher.json`` beside it records the architecture name and arguments,
+dataset, metrics and torchslim version. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from torchslim import _io
+from torchslim.config import VERSION
+from torchslim.errors import ArchitectureMismatchError, CheckpointError
+
+META_KEY = "torchslim"
+
+
+def weights_path(path: str | os.PathLike[str]) -> Path:
+    """Accept ``x.safetensors``, its sidecar ``x.json``, or a directory holding one checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            raise CheckpointError(f"{p} holds {len(found)} .safetensors files; pass one file")
+        return found[0]
+    return p.with_suffix(".safetensors") if p.suffix == ".json" else p
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
+                    spec: dict[str, Any] | None = None, **meta: Any) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar; returns the weights path."""
+    target = Path(path).with_suffix(".safetensors")
+    sidecar = {"torchslim_version": VERSION, "architecture": spec or _spec_of(model), **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = st_save(state, metadata={META_KEY: json.dumps(sidecar)})
+    _io.write_bytes(target, data)
+    _io.write_json(target.with_suffix(".json"), sidecar)
+    return target
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (state_dict, sidecar) without building a model."""
+    p = weights_path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}; train one with `torchslim train`")
+    try:
+        data = p.read_bytes()
+        state = st_load(data)
+        meta = _metadata(data)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint {p}: {e}; it is not a torchslim "
+                              "safetensors file or it is damaged") from e
+    sidecar_path = p.with_suffix(".json")
+    if sidecar_path.is_file():
+        try:
+            meta = json.loads(sidecar_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"sidecar {sidecar_path} is not valid JSON ({e}); "
+                                  "delete it to fall back to the copy inside the weights") from e
+    if not meta:
+        raise CheckpointError(f"{p} has no torchslim metadata and no {sidecar_path.name} "
+                              "sidecar; torchslim cannot tell which architecture it holds")
+    return state, meta
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the recorded architecture from the zoo and load its weights."""
+    from torchslim.zoo import build_model
+
+    state, meta = read_checkpoint(path)
+    spec = meta.get("architecture") or {}
+    if "name" not in spec:
+        raise CheckpointError(f"{weights_path(path)} records no architecture name")
+    model = build_model(spec["name"], **spec.get("kwargs", {}))
+    load_state_(model, state, source=str(weights_path(path)))
+    return model.eval(), meta
+
+
+def load_weights_(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``model`` in place; returns the sidecar."""
+    state, meta = read_checkpoint(path)
+    load_state_(model, state, source=str(weights_path(path)))
+    return meta
+
+
+def load_state_(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Strict load with a message that says how the two architectures differ."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(part for part in (
+            _few("missing", missing), _few("unexpected", unexpected),
+            _few("shape differs", [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                   for k in wrong])) if part)
+        raise ArchitectureMismatchError(
+            f"checkpoint {source} does not fit {type(model).__name__}: {detail}; "
+            "load it with the architecture it was trained with (see its .json sidecar)")
+    model.load_state_dict(state)
+
+
+def _few(label: str, keys: list[str], limit: int = 3) -> str:
+    if not keys:
+        return ""
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{label}: {', '.join(keys[:limit])}{more}"
+
+
+def _metadata(data: bytes) -> dict[str, Any]:
+    # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    raw = header.get("__metadata__", {}).get(META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def _spec_of(model: nn.Module) -> dict[str, Any]:
+    spec = getattr(model, "torchslim_spec", None)
+    return dict(spec) if spec else {"name": None, "class": type(model).__name__}
