@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from torchslim.errors import ConfigError
+from torchslim.evaluate import latency
+from torchslim.evaluate.latency import measure_latency, tile_batch
+
+
+class Recorder:
+    runtime, precision, threads, artifact, name = "fake", "fp32", 1, None, "fake"
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, batch):
+        self.batches.append(batch.shape[0])
+        return np.zeros((batch.shape[0], 2), dtype=np.float32)
+
+
+@pytest.fixture(autouse=True)
+def no_pause(monkeypatch):
+    monkeypatch.setattr(latency, "_SWITCH_PAUSE_S", 0.0)
+
+
+def test_tile_batch_cycles_real_samples():
+    samples = np.arange(3, dtype=np.float32).reshape(3, 1)
+    np.testing.assert_array_equal(tile_batch(samples, 5)[:, 0], [0, 1, 2, 0, 1])
+
+
+def test_warmup_then_repeats_per_batch_size():
+    session = Recorder()
+    lat, ips = measure_latency(session, np.ones((4, 2)), batch_sizes=(1, 8), repeats=5,
+                               warmup=2)
+    assert session.batches == [1] * 7 + [8] * 7
+    assert set(lat) == {"1", "8"} and set(ips) == {"1", "8"}
+    for stats in lat.values():
+        assert stats["p50"] <= stats["p90"] <= stats["p99"]
+        assert set(stats) == {"p50", "p90", "p99", "mean"}
+    assert ips["8"] > 0
+
+
+def test_min_time_extends_the_run():
+    session = Recorder()
+    measure_latency(session, np.ones((1, 2)), batch_sizes=(1,), repeats=1, warmup=0,
+                    min_time_s=0.02)
+    assert len(session.batches) > 1
+
+
+def test_rejects_no_samples():
+    with pytest.raises(ConfigError):
+        measure_latency(Recorder(), np.ones((0, 2)), batch_sizes=(1,))

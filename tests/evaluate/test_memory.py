@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+from torch import nn
+
+from torchslim.evaluate import measure_peak_memory
+from torchslim.export.onnx import export_onnx
+from torchslim.runtime import OnnxRuntimeSession
+
+
+class NoProbeSession:
+    runtime, precision, threads, artifact, name = "openvino", "int8", 1, None, "ov"
+
+    def run(self, batch):
+        return batch
+
+
+@pytest.mark.slow
+def test_peak_memory_of_onnx_session(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    peak = measure_peak_memory(OnnxRuntimeSession(path, threads=1),
+                               np.zeros((32, 1, 8, 8), np.float32))
+    assert isinstance(peak, int)
+    assert 0 < peak < 2 * 1024**3
+
+
+def test_unknown_session_gives_none_and_warns(caplog):
+    assert measure_peak_memory(NoProbeSession(), np.zeros((1, 2), np.float32)) is None
+    assert "peak memory not measured" in caplog.text

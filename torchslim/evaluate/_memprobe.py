@@ -1,0 +1,87 @@
+"""Child process that measures one model's peak memory: ``python -m torchslim.evaluate._memprobe``.
+
+A fresh process is the only place where resident memory belongs to one model alone. The
+probe imports the runtime, resets the kernel's high-water mark and reads the resident set
+(the baseline), loads the model, resets the mark again (so a loader's transient copy of the
+file is not charged), runs one batch of zeros and reads the high-water mark. It writes one
+JSON line on stdout: that line is this program's output, read by ``memory.py``.
+
+Linux only: it reads ``/proc/self/status`` and writes ``/proc/self/clear_refs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from pathlib import Path
+
+_KIB = 1024
+
+
+def _status_bytes(key: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * _KIB  # the kernel reports kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_high_water_mark() -> bool:
+    """Set VmHWM to the current VmRSS ("5" in clear_refs); False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _load(kind: str, path: str, threads: int):
+    if kind == "onnx":
+        from torchslim.runtime.onnxruntime import OnnxRuntimeSession
+
+        # precision is given so the loader does not parse the graph a second time.
+        return OnnxRuntimeSession(path, threads=threads, precision="probe")
+    from torchslim.runtime.torch_session import TorchSession
+
+    # Our own file, written a moment ago by memory.py from an in-memory model.
+    with open(path, "rb") as f:
+        model = pickle.load(f)  # noqa: S301
+    return TorchSession(model, threads=threads)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="torchslim.evaluate._memprobe")
+    parser.add_argument("kind", choices=["onnx", "torch"])
+    parser.add_argument("path")
+    parser.add_argument("batch", type=int)
+    parser.add_argument("shape", help="input shape without batch axis, e.g. 1,28,28")
+    parser.add_argument("threads", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    import numpy as np
+
+    if args.kind == "onnx":
+        import onnxruntime  # noqa: F401  (the runtime is part of the baseline)
+    else:
+        import torch  # noqa: F401
+    shape = tuple(int(s) for s in args.shape.split(",") if s)
+    batch = np.zeros((args.batch, *shape), dtype=np.float32)
+    reset = _reset_high_water_mark()
+    baseline = _status_bytes("VmRSS")
+    session = _load(args.kind, args.path, args.threads)
+    _reset_high_water_mark()
+    session.run(batch)
+    peak = _status_bytes("VmHWM")
+    result = {"baseline_rss_bytes": baseline, "peak_hwm_bytes": peak,
+              "peak_bytes": max(peak - baseline, 0), "hwm_reset": reset}
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Peak memory of a model on its runtime, measured in a fresh child process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from torchslim import _io
+from torchslim.runtime.base import Session
+
+__all__ = ["measure_peak_memory"]
+
+logger = logging.getLogger(__name__)
+
+_TIMEOUT_S = 120
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding torchslim/
+
+
+@contextlib.contextmanager
+def _probe_target(session: Session) -> Iterator[tuple[str, str] | None]:
+    """``(kind, path)`` the child can load, or None for a session it cannot rebuild."""
+    artifact = getattr(session, "artifact", None)
+    if artifact is not None and Path(artifact).suffix == ".onnx":
+        yield "onnx", str(artifact)
+        return
+    model = getattr(session, "model", None)
+    if session.runtime != "torch" or model is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="torchslim-memprobe-") as tmp:
+        path = Path(tmp) / "model.pkl"
+        try:
+            # Stdlib pickle of our own in-memory model, read back only by our child.
+            _io.write_bytes(path, pickle.dumps(model))
+        except Exception as e:  # a local class or a lambda cannot be pickled
+            logger.warning("peak memory not measured: cannot pickle %s (%s)",
+                           type(model).__name__, e)
+            yield None
+            return
+        yield "torch", str(path)
+
+
+def _run_child(args: list[str]) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
+                                                    env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-m", "torchslim.evaluate._memprobe", *args],
+                          capture_output=True, text=True, timeout=_TIMEOUT_S, env=env,
+                          check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"probe exited with {proc.returncode}: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_peak_memory(session: Session, sample_batch: np.ndarray) -> int | None:
+    """Bytes of memory that serving ``sample_batch`` on this session's model costs.
+
+    Definition: the peak resident memory (VmHWM) of a fresh process that loads the
+    artifact (or the in-memory torch model) and runs one batch of zeros of the shape of
+    ``sample_batch``, minus that process's resident memory right after importing the
+    runtime. That is weights + activations + runtime arenas, without the interpreter and
+    library code every candidate pays alike. The high-water mark is reset after loading,
+    so a loader's transient second copy of the weights is not counted.
+
+    A fresh process is used because the evaluating process holds other models, data and
+    allocator caches. Returns None, with a warning, on non-Linux systems, for a session
+    the probe cannot rebuild, or when the probe fails: memory is never worth failing an
+    evaluation for.
+    """
+    if not sys.platform.startswith("linux"):
+        logger.warning("peak memory not measured: the probe reads /proc, Linux only")
+        return None
+    batch = np.asarray(sample_batch)
+    shape = ",".join(str(int(s)) for s in batch.shape[1:])
+    with _probe_target(session) as target:
+        if target is None:
+            logger.warning("peak memory not measured: no probe for %s sessions",
+                           session.runtime)
+            return None
+        kind, path = target
+        args = [kind, path, str(batch.shape[0]), shape, str(session.threads)]
+        try:
+            result = _run_child(args)
+        except (OSError, RuntimeError, ValueError, IndexError,
+                subprocess.TimeoutExpired) as e:
+            logger.warning("peak memory not measured for %s: %s", session.name, e)
+            return None
+    if not result.get("hwm_reset", False):
+        logger.warning("the kernel refused to reset VmHWM; peak memory of %s includes "
+                       "transient load-time copies", session.name)
+    return int(result["peak_bytes"])

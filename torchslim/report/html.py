@@ -1,0 +1,113 @@
+"""report.html: one self-contained page (inline CSS, PNG plots as data URIs, no JS).
+
+It renders from the report.json dict, so a report read back from disk (``torchslim
+report``) looks exactly like a fresh one.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+from torchslim.report import plots
+from torchslim.report.table import candidates_of, summary_table
+
+__all__ = ["render_html"]
+
+_TEMPLATES = Path(__file__).parent / "templates"
+Candidate = dict[str, Any]
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _class_names(report: dict[str, Any], base: Candidate) -> list[str]:
+    """Names from the report, else from the baseline's evaluation, else the indices."""
+    n = len(base.get("per_class") or [])
+    names = report.get("class_names") or (base.get("extra") or {}).get("class_names")
+    return list(names) if names and len(names) == n else [str(k) for k in range(n)]
+
+
+def _produced_by(candidates: list[Candidate]) -> str:
+    """"runtimes: torch (a) · onnxruntime (b, c)": which engine measured which candidate."""
+    by_runtime: dict[str, list[str]] = {}
+    for c in candidates:
+        by_runtime.setdefault(c.get("runtime", "?"), []).append(c["name"])
+    return "Runtimes: " + " · ".join(f"{rt} ({', '.join(names)})"
+                                     for rt, names in by_runtime.items())
+
+
+def _figures(candidates: list[Candidate], baseline: str, names: list[str]) -> list[dict]:
+    batch = plots.largest_batch(candidates)
+    runtimes = _produced_by(candidates)
+    return [
+        {"title": "Accuracy vs latency", "uri": _data_uri(
+            plots.accuracy_latency_plot(candidates, batch)),
+         "caption": f"Top-1 and p50 latency at batch {batch}, each measured on the "
+                    f"candidate's own runtime. {runtimes}."},
+        {"title": "Size", "uri": _data_uri(plots.size_plot(candidates)),
+         "caption": "Bytes on disk of each artifact (safetensors size for an in-memory "
+                    f"PyTorch model). {runtimes}."},
+        {"title": "Latency", "uri": _data_uri(plots.latency_plot(candidates)),
+         "caption": f"Median (p50) latency per batch size, timed in one run. {runtimes}."},
+        {"title": "Per-class change", "uri": _data_uri(
+            plots.per_class_delta_plot(candidates, baseline, names)),
+         "caption": f"Per-class top-1 of each candidate minus {baseline}, in points. "
+                    f"{runtimes}."},
+    ]
+
+
+def _confusion(base: Candidate, names: list[str]) -> list[dict]:
+    """Rows of cells with a shade proportional to the row share (diagonal blue, errors red)."""
+    rows = []
+    for i, counts in enumerate(base.get("confusion") or []):
+        total = max(sum(counts), 1)
+        cells = []
+        for j, count in enumerate(counts):
+            share = count / total
+            rgb = "37, 99, 235" if i == j else "220, 38, 38"
+            color = "#fff" if share > 0.55 else "#1f2937"
+            cells.append({"count": count, "style": f"background: rgba({rgb}, "
+                          f"{min(share * 1.2, 1.0):.2f}); color: {color}"})
+        rows.append({"name": names[i] if i < len(names) else str(i), "cells": cells})
+    return rows
+
+
+def _worst(candidates: list[Candidate], base: Candidate, names: list[str]) -> list[dict]:
+    out = []
+    for c in candidates:
+        k = c.get("worst_class", -1)
+        per_class = c.get("per_class") or []
+        if k is None or k < 0 or k >= len(per_class) or per_class[k] is None:
+            continue
+        base_acc = (base.get("per_class") or [None] * (k + 1))[k]
+        delta = None if base_acc is None else 100.0 * (per_class[k] - base_acc)
+        out.append({"name": c["name"], "runtime": c.get("runtime", "?"),
+                    "cls": names[k] if k < len(names) else str(k),
+                    "acc": f"{100.0 * per_class[k]:.1f}%",
+                    "delta": "—" if delta is None else f"{delta:+.1f}"})
+    return out
+
+
+def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> str:
+    """The HTML page for a report.json dict."""
+    import jinja2
+
+    candidates, baseline = candidates_of(report)
+    base = next((c for c in candidates if c["name"] == baseline), candidates[0])
+    names = _class_names(report, base)
+    headers, rows = summary_table(report)
+    split = headers.index("size")  # speed columns in one table, size columns in another
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(
+        title=title, report=report, baseline=baseline, base=base,
+        speed=(headers[:split], [r[:split] for r in rows]),
+        size=(headers[:1] + headers[split:], [r[:1] + r[split:] for r in rows]),
+        figures=_figures(candidates, baseline, names),
+        confusion=_confusion(base, names), class_names=names,
+        worst=_worst(candidates, base, names), candidates=candidates,
+        machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
