@@ -1,1 +1,25 @@
-"""(filled in below)"""
+"""Quantization building blocks: the affine mapping, observers and fake quantization.
+
+>>> import torch
+>>> from torchslim.quant import QuantSpec, calc_qparams_for, fake_quantize, sqnr_db
+>>> spec = QuantSpec(bits=8, granularity="per_channel", axis=0)
+>>> w = torch.randn(16, 32)
+>>> scale, zp = calc_qparams_for(w, spec)  # (16,), (16,)
+>>> sqnr_db(w, fake_quantize(w, scale, zp, spec)) > 35
+True
+"""
+
+from torchslim.quant.affine import (QuantSpec, calc_qparams_for, compute_qparams, dequantize,
+                                    fake_quantize, quantize, sqnr_db)
+from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
+from torchslim.quant.observers import OBSERVERS, Observer, make_observer
+
+__all__ = [
+    # the affine mapping
+    "QuantSpec", "compute_qparams", "calc_qparams_for", "quantize", "dequantize",
+    "fake_quantize", "sqnr_db",
+    # calibration
+    "Observer", "OBSERVERS", "make_observer",
+    # quantization-aware training
+    "FakeQuantize", "LearnableFakeQuantize",
+]
