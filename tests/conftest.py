@@ -29,12 +29,13 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
 
 @pytest.fixture
 def fake_fashion(tmp_path: Path) -> Path:
-    """A tiny Fashion-MNIST-shaped directory: 300 train and 100 test images, learnable
+    """A small Fashion-MNIST-shaped directory: 5600 train (5000 go to validation) and 100
+    test images, learnable
     (each class is a different bright square), so end-to-end runs finish in seconds."""
     rng = np.random.default_rng(0)
     root = tmp_path / "fashion"
     root.mkdir()
-    for split, n in (("train", 300), ("t10k", 100)):
+    for split, n in (("train", 5600), ("t10k", 100)):
         labels = np.arange(n) % 10
         images = rng.integers(0, 40, size=(n, 28, 28))
         for i, c in enumerate(labels):

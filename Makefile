@@ -1,0 +1,56 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Everything they need is installed here: the venv, the package, the Fashion-MNIST data
+# (Debian package), and for the tests Chromium (to render the HTML report headless).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+# apt-get needs root; use sudo when we are not root and it exists.
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test install install-dev data chromium bench clean
+
+demo: install data
+	$(BIN)/torchslim demo $(ARGS)
+
+test: install-dev data chromium
+	$(BIN)/python -m pytest $(ARGS)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Stamps make the second run skip pip entirely; they are redone when pyproject.toml changes.
+install: $(VENV)/.stamp-install
+$(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+install-dev: $(VENV)/.stamp-dev
+$(VENV)/.stamp-dev: $(VENV)/.stamp-install
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+data:
+	@if [ -n "$$TORCHSLIM_DATA" ] || [ -f $(FASHION_DIR)/t10k-images-idx3-ubyte.gz ]; then \
+		echo "fashion-mnist: present"; \
+	else \
+		echo "fashion-mnist: installing the Debian package dataset-fashion-mnist"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+# Optional: without Chromium the HTML render test is skipped, everything else runs.
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: present"; \
+	else echo "chromium: installing (for the headless HTML report check)"; \
+		( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null ) \
+		|| echo "chromium: could not install; the render test will be skipped"; \
+	fi
+
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

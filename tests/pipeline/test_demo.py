@@ -1,0 +1,46 @@
+"""End-to-end: `torchslim demo --quick` trains, exports, evaluates on two runtimes, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from torchslim.cli import app
+
+REAL = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fake_fashion: Path) -> None:
+    data = [] if REAL.is_file() else ["--data", str(fake_fashion)]
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), *data])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "teacher-fp32-torch"
+    names = [c["name"] for c in report["candidates"]]
+    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime"]
+    torch_c, ort_c = report["candidates"]
+    assert (torch_c["runtime"], ort_c["runtime"]) == ("torch", "onnxruntime")
+    for c in (torch_c, ort_c):
+        assert 0.0 <= c["top1"] <= 1.0 and len(c["per_class"]) == 10
+        for bs in ("1", "32"):
+            lat = c["latency_ms"][bs]
+            assert 0 < lat["p50"] <= lat["p99"] and c["items_per_s"][bs] > 0
+        assert c["bytes"] > 0
+    assert ort_c["agreement"] >= 0.999
+    assert ort_c["bytes"] == (out / "teacher.onnx").stat().st_size
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "again"), *data])
+    assert again.exit_code == 0, again.output
+    second = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert second["teacher"]["cached"] is True
+    assert second["candidates"][0]["top1"] == torch_c["top1"]

@@ -1,0 +1,100 @@
+"""The CLI through typer's runner, error paths first: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from torchslim.cli import app
+from torchslim.train import save_checkpoint
+from torchslim.zoo import build_model
+
+runner = CliRunner()
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return save_checkpoint(tmp_path / "ck" / "resnet8.safetensors", build_model("resnet8", width=8),
+                           dataset="fashion-mnist")
+
+
+def test_missing_dataset(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["demo", "--quick", "--data", str(tmp_path / "empty"),
+                                 "--out", str(tmp_path / "out")])
+    _one_line_error(result, "apt-get install", "TORCHSLIM_DATA")
+
+
+def test_corrupt_idx_file(fake_fashion: Path, checkpoint: Path) -> None:
+    (fake_fashion / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    result = runner.invoke(app, ["evaluate", str(checkpoint), "--data", str(fake_fashion)])
+    _one_line_error(result, "t10k-images-idx3-ubyte.gz")
+
+
+def test_checkpoint_of_another_architecture(fake_fashion: Path, checkpoint: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(checkpoint), "--model", "resnet14",
+                                 "--data", str(fake_fashion)])
+    _one_line_error(result, "does not fit")
+
+
+def test_unknown_model_name(fake_fashion: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--model", "resnet7", "--data", str(fake_fashion),
+                                 "--out", str(tmp_path / "t")])
+    _one_line_error(result, "resnet7", "resnet20")
+
+
+def test_unreadable_onnx_file(fake_fashion: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not an onnx model")
+    result = runner.invoke(app, ["evaluate", str(bad), "--data", str(fake_fashion)])
+    _one_line_error(result, "model.onnx")
+
+
+def test_bad_batch_sizes(fake_fashion: Path, checkpoint: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(checkpoint), "--batch-sizes", "1,x",
+                                 "--data", str(fake_fashion)])
+    _one_line_error(result, "--batch-sizes")
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["--debug", "demo", "--quick", "--data", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and result.exception is not None
+    assert type(result.exception).__name__ == "DataNotFoundError"
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "torchslim.cli", "evaluate",
+                           str(tmp_path / "nothing.onnx")], capture_output=True, text=True,
+                          timeout=120, env={"PATH": "/usr/bin:/bin", "TORCHSLIM_DATA": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_train_then_evaluate_against_a_reference(fake_fashion: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    result = runner.invoke(app, ["train", "--model", "resnet8", "--width", "8", "--epochs", "1",
+                                 "--data", str(fake_fashion), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ckpt = out / "resnet8.safetensors"
+    assert ckpt.is_file() and json.loads(ckpt.with_suffix(".json").read_text())["dataset"]
+    result = runner.invoke(app, ["evaluate", str(ckpt), "--data", str(fake_fashion),
+                                 "--reference", str(ckpt), "--out", str(tmp_path / "ev")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["candidates"][1]["agreement"] == 1.0

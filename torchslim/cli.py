@@ -1,0 +1,207 @@
+"""The ``torchslim`` command: parse, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from torchslim.errors import TorchslimError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make trained PyTorch models smaller and faster, with measured accuracy.")
+out_console = Console()
+err_console = Console(stderr=True)
+_state: dict[str, Any] = {"debug": False}
+
+
+def command(name: str | None = None) -> Callable[[F], F]:
+    """``app.command`` that turns a TorchslimError into one line on stderr and exit code 2
+    (the traceback only with --debug)."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except TorchslimError as e:
+                if _state["debug"]:
+                    raise
+                err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False,
+                                  soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
+
+        app.command(name)(wrapper)
+        return fn
+
+    return decorator
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+Threads = Annotated[int, typer.Option(help="CPU threads for torch and ONNX Runtime.")]
+BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes for latency.")]
+
+
+@app.callback()
+def _global(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+            quiet: Annotated[bool, typer.Option(help="Only print results and errors.")] = False
+            ) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    _setup_logging(level)
+
+
+@command()
+def demo(out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("runs/demo"),
+         quick: Annotated[bool, typer.Option(help="Tiny teacher on a data subset (smoke test).")] = False,
+         threads: Threads = 2,
+         data: Annotated[Optional[Path], typer.Option(help="Fashion-MNIST IDX directory.")] = None
+         ) -> None:
+    """Train (or reuse) the default teacher, export it, evaluate it on PyTorch and ONNX Runtime."""
+    from torchslim.pipeline import DemoOptions, run_demo
+    from torchslim.report import print_table
+
+    result = run_demo(DemoOptions(out=out, quick=quick, threads=threads, data_root=data))
+    print_table(result["results"], console=out_console)
+    paths = result["report"]
+    out_console.print(f"report: {paths['html']}\njson:   {paths['json']}")
+
+
+@command()
+def train(model: Annotated[str, typer.Option(help="Zoo model name, e.g. resnet20.")] = "resnet14",
+          dataset: Annotated[str, typer.Option(help="fashion-mnist or digits.")] = "fashion-mnist",
+          epochs: int = 6, lr: float = 0.1, batch_size: int = 128, width: Optional[int] = None,
+          seed: int = 0, threads: Threads = 2,
+          out: Annotated[Path, typer.Option(help="Directory for the checkpoint.")] = Path("runs/train"),
+          data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+    """Train a zoo model; resumes from OUT/state after an interruption."""
+    from torchslim.data import load_data
+    from torchslim.train import TrainConfig, accuracy, fit, save_checkpoint
+    from torchslim.zoo import build_model, model_spec
+
+    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, threads=threads)
+    bundle = load_data(dataset, root=data, batch_size=batch_size, seed=seed)
+    kwargs = {"width": width} if width is not None else {}
+    net = build_model(model, num_classes=bundle.info.num_classes,
+                      in_channels=bundle.info.input_shape[0], **kwargs)
+    history = fit(net, bundle.train, config=config, val=bundle.val, checkpoint_dir=out / "state",
+                  checkpoint_meta={"dataset": dataset})
+    test_top1 = accuracy(net, bundle.test)
+    path = save_checkpoint(out / f"{model}.safetensors", net, spec=model_spec(net),
+                           dataset=dataset, metrics={"test_top1": test_top1, "history": history})
+    out_console.print(f"test top-1 {test_top1:.4f}\ncheckpoint: {path}")
+
+
+@command("evaluate")
+def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) or .onnx file.")],
+                 dataset: str = "fashion-mnist",
+                 reference: Annotated[Optional[Path], typer.Option(help="Baseline checkpoint for agreement.")] = None,
+                 model: Annotated[Optional[str], typer.Option(help="Load the checkpoint as this zoo architecture.")] = None,
+                 threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
+                 out: Annotated[Path, typer.Option(help="Directory for report.json/html.")] = Path("runs/evaluate"),
+                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+    """Evaluate a checkpoint or an ONNX artifact on the test split and write a report."""
+    from torchslim.data import load_data
+    from torchslim.evaluate import evaluate
+    from torchslim.report import print_table, write_report
+
+    sizes = _parse_sizes(batch_sizes)
+    bundle = load_data(dataset, root=data)
+    candidate_session, candidate_model = _open(path, model, threads)
+    common: dict[str, Any] = {"batch_sizes": sizes, "class_names": list(bundle.info.class_names)}
+    baseline = None
+    if reference is not None:
+        ref_session, ref_model = _open(reference, None, threads)
+        baseline = evaluate(ref_session, bundle.test,
+                            name=f"reference-{reference.stem}-{ref_session.name}",
+                            model=ref_model, **common)
+    result = evaluate(candidate_session, bundle.test, name=f"{path.stem}-{candidate_session.name}",
+                      reference=baseline, model=candidate_model, **common)
+    results = [r for r in (baseline, result) if r is not None]
+    paths = write_report(out, baseline=results[0], candidates=results[1:],
+                         dataset={"name": dataset, "split": "test", "n": result.n},
+                         class_names=list(bundle.info.class_names))
+    print_table(results, console=out_console)
+    out_console.print(f"report: {paths['html']}")
+
+
+@command()
+def report(reports: Annotated[list[Path], typer.Argument(help="report.json files to merge.")],
+           out: Annotated[Path, typer.Option(help="Directory for the merged report.")] = Path("runs/report")
+           ) -> None:
+    """Merge report.json files (first one's baseline) into one JSON/HTML report."""
+    from torchslim.evaluate import EvalResult
+    from torchslim.report import load_report, print_table, write_report
+
+    loaded = [load_report(p) for p in reports]
+    results = [EvalResult.from_dict(c) for r in loaded for c in r["candidates"]]
+    unique = list({r.name: r for r in results}.values())
+    base_name = loaded[0]["baseline"]
+    baseline = next(r for r in unique if r.name == base_name)
+    others = [r for r in unique if r.name != base_name]
+    paths = write_report(out, baseline=baseline, candidates=others, dataset=loaded[0]["dataset"])
+    print_table([baseline, *others], console=out_console)
+    out_console.print(f"report: {paths['html']}")
+
+
+def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
+    """(session, torch model or None) for a checkpoint or an ONNX file."""
+    from torchslim.runtime import TorchSession, load
+    from torchslim.train import load_checkpoint, load_weights_, read_checkpoint
+    from torchslim.zoo import build_model
+
+    if path.suffix == ".onnx":
+        return load(path, threads=threads), None
+    if model_name is None:
+        net, _ = load_checkpoint(path)
+    else:
+        _, meta = read_checkpoint(path)
+        kwargs = {k: v for k, v in (meta.get("architecture") or {}).get("kwargs", {}).items()
+                  if k in ("num_classes", "in_channels")}
+        net = build_model(model_name, **kwargs)
+        load_weights_(net, path)
+    return TorchSession(net, threads=threads), net
+
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    from torchslim.errors import ConfigError
+
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--batch-sizes {text!r} must be comma-separated integers, e.g. 1,32") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--batch-sizes {text!r} needs at least one size >= 1")
+    return sizes
+
+
+def _setup_logging(level: int) -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("torchslim")
+    logger.handlers.clear()
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
