@@ -73,3 +73,26 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
     # Saturated colours (plot bars, confusion cells) prove the images drew, not just text.
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 0.3).mean() > 0.01
+
+
+@pytest.mark.slow
+def test_every_plot_decodes_in_headless_chromium(report_html, tmp_path):
+    """Chromium itself reports each <img>'s decoded size: a broken PNG would give 0."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed")
+    probe = tmp_path / "probe.html"
+    script = ("<script>window.addEventListener('load', () => {document.title = 'sizes:' + "
+              "[...document.images].map(i => i.naturalWidth + 'x' + i.naturalHeight).join(',');"
+              "});</script>")
+    probe.write_text(report_html.read_text().replace("</body>", script + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout
+    title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith("sizes:"), title
+    sizes = [tuple(int(v) for v in s.split("x")) for s in title[len("sizes:"):].split(",")]
+    assert len(sizes) >= 4
+    assert all(w >= 300 and h >= 200 for w, h in sizes), sizes
