@@ -1,0 +1,75 @@
+"""Conv and Linear layers whose weights pass through a fake quantizer.
+
+This is the contract between preparation and export: a prepared model holds these
+modules (BatchNorm already folded into their weight and bias) plus activation
+``FakeQuantize`` modules in its graph. The exporter reads ``weight_fake_quant`` to write
+integer weights; anything else with that attribute is treated the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["QuantConv1d", "QuantConv2d", "QuantLinear", "QUANT_MODULES", "to_quant_module"]
+
+
+def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> nn.Module:
+    new.weight = old.weight          # share the Parameter: QAT trains the same tensor
+    new.bias = old.bias
+    new.weight_fake_quant = weight_fake_quant
+    new.train(old.training)
+    return new
+
+
+class QuantConv1d(nn.Conv1d):
+    weight_fake_quant: nn.Module
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, weight_fake_quant: nn.Module) -> QuantConv1d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                  conv.padding_mode, device="meta")
+        return _copy_into(new, conv, weight_fake_quant)  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+
+
+class QuantConv2d(nn.Conv2d):
+    weight_fake_quant: nn.Module
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight_fake_quant: nn.Module) -> QuantConv2d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                  conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                  conv.padding_mode, device="meta")
+        return _copy_into(new, conv, weight_fake_quant)  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    weight_fake_quant: nn.Module
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, weight_fake_quant: nn.Module) -> QuantLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                  device="meta")
+        return _copy_into(new, linear, weight_fake_quant)  # type: ignore[return-value]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
+
+
+# float type -> its quantized twin (exact types: a subclass may change forward)
+QUANT_MODULES: dict[type[nn.Module], Any] = {
+    nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+def to_quant_module(module: nn.Module, weight_fake_quant: nn.Module) -> nn.Module:
+    """The quantized twin of ``module`` sharing its parameters."""
+    return QUANT_MODULES[type(module)].from_float(module, weight_fake_quant)
