@@ -29,7 +29,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 
 install-dev: $(VENV)/.stamp-dev
 $(VENV)/.stamp-dev: $(VENV)/.stamp-install
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino]'
 	touch $@
 
 data:
