@@ -28,7 +28,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 	touch $@
 
 install-dev: $(VENV)/.stamp-dev
-$(VENV)/.stamp-dev: $(VENV)/.stamp-install
+$(VENV)/.stamp-dev: $(VENV)/.stamp-install Makefile
 	$(BIN)/pip install --quiet -e '.[dev,openvino]'
 	touch $@
 
