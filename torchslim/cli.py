@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -138,6 +139,65 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
 
 
 @command()
+def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to quantize.")],
+             method: Annotated[str, typer.Option(help="ptq or qat.")] = "ptq",
+             observer: Annotated[str, typer.Option(help="Activation observer: minmax, moving_average, percentile, entropy, mse.")] = "minmax",
+             bits: Annotated[int, typer.Option(help="Weight bits (2-8); activations are 8-bit.")] = 8,
+             calib_batches: Annotated[int, typer.Option(help="Calibration batches of 32 training images.")] = 16,
+             runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
+             qat_epochs: int = 1, threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
+             out: Annotated[Path, typer.Option(help="Directory for the artifact and report.")] = Path("runs/quantize"),
+             data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+    """Quantize a checkpoint to an INT8 artifact and measure it on the chosen runtime."""
+    from torchslim.pipeline.quantize import QuantizeJob, run_quantize
+    from torchslim.report import print_table
+
+    job = QuantizeJob(checkpoint=checkpoint, out=out, method=method, observer=observer,
+                      bits=bits, calib_batches=calib_batches, runtime=runtime, threads=threads,
+                      qat_epochs=qat_epochs, batch_sizes=_parse_sizes(batch_sizes), data_root=data)
+    result = run_quantize(job)
+    print_table(result["results"], console=out_console)
+    out_console.print(f"artifact: {result['artifact']}\nreport:   {result['report']['html']}")
+
+
+@command()
+def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
+                bits: Annotated[int, typer.Option(help="Weight bits to test each layer at.")] = 8,
+                observer: str = "minmax", batches: Annotated[int, typer.Option(help="Calibration and scoring batches.")] = 8,
+                threads: Threads = 2,
+                out: Annotated[Path, typer.Option(help="Directory for sensitivity.json.")] = Path("runs/sensitivity"),
+                data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+    """Quantize one layer at a time and rank layers by accuracy drop and output SQNR."""
+    import torch
+    from rich.table import Table
+
+    from torchslim import _io
+    from torchslim.data import calibration_subset, load_data
+    from torchslim.quant import QuantSpec
+    from torchslim.quant.config import QuantConfig
+    from torchslim.quant.sensitivity import layer_sensitivity
+    from torchslim.train import load_checkpoint
+
+    torch.set_num_threads(threads)
+    net, meta = load_checkpoint(checkpoint)
+    bundle = load_data(meta.get("dataset") or "fashion-mnist", root=data)
+    config = QuantConfig(weight=QuantSpec(bits=bits, granularity="per_channel"),
+                         activation_observer=observer)
+    rows = layer_sensitivity(net, config, calibration=calibration_subset(bundle, batches * 32),
+                             data=bundle.val, num_batches=batches)
+    path = _io.write_json(out / "sensitivity.json", {
+        "checkpoint": str(checkpoint), "weight_bits": bits, "observer": observer,
+        "split": "val", "layers": [r.to_dict() for r in rows]})
+    table = Table(title=f"per-layer sensitivity (w{bits}a8, validation split)")
+    for col in ("layer", "top-1 drop (pts)", "output SQNR (dB)", "params"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for r in rows:
+        table.add_row(r.name, f"{r.metric_drop:+.2f}", f"{r.sqnr_db:.1f}", f"{r.params:,}")
+    out_console.print(table)
+    out_console.print(f"json: {path}")
+
+
+@command()
 def report(reports: Annotated[list[Path], typer.Argument(help="report.json files to merge.")],
            out: Annotated[Path, typer.Option(help="Directory for the merged report.")] = Path("runs/report")
            ) -> None:
@@ -192,8 +252,13 @@ def _setup_logging(level: int) -> None:
 
     logger = logging.getLogger("torchslim")
     logger.handlers.clear()
-    handler = RichHandler(console=err_console, show_path=False, show_time=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs and CI: one unwrapped line per record
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
