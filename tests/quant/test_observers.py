@@ -110,18 +110,20 @@ def test_entropy_beats_minmax_on_the_bulk() -> None:
 
 def _kl_reference(hist: torch.Tensor, i: int, levels: int) -> float:
     """KL(P || Q) for stop bin i, written the slow, literal way."""
-    p = hist[:i].clone().double()
-    p[-1] += hist[i:].sum()
+    clipped = hist[:i].clone().double()
+    p = clipped.clone()
+    p[-1] += hist[i:].sum()           # outliers folded into P only (TensorRT)
     q = torch.zeros_like(p)
     m = i // levels
     for j in range(levels):
         stop = i if j == levels - 1 else (j + 1) * m
-        chunk = p[j * m:stop]
-        nonzero = chunk > 0
+        nonzero = p[j * m:stop] > 0    # Q spreads the clipped mass over P's non-empty bins
         if nonzero.any():
-            q[j * m:stop][nonzero] = chunk.sum() / nonzero.sum()
+            q[j * m:stop][nonzero] = clipped[j * m:stop].sum() / nonzero.sum()
     p, q = p / p.sum(), q / q.sum()
     keep = p > 0
+    if bool((q[keep] == 0).any()):
+        return float("inf")
     return float((p[keep] * torch.log(p[keep] / q[keep])).sum())
 
 
@@ -202,3 +204,14 @@ def test_calibrated_state_loads_into_a_fresh_observer(name: str) -> None:
     dst.load_state_dict(src.state_dict())
     for a, b in zip(src.calculate_qparams(), dst.calculate_qparams()):
         assert torch.equal(a, b)
+
+
+def test_entropy_is_not_fooled_by_the_zeros_of_a_relu() -> None:
+    """Half of a post-ReLU tensor is exactly 0; counting that spike made KL stop where one
+    level is one bin (a clip at 1/4 of the max). Zeros are exact, so they are skipped."""
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)).relu()
+    obs = make_observer("entropy", QuantSpec(signed=False, symmetric=False))
+    obs(x)
+    lo, hi = obs._range()
+    assert float(lo) == 0.0
+    assert 0.6 * float(x.max()) < float(hi) <= float(x.max()) + 1e-6

@@ -228,10 +228,11 @@ class EntropyObserver(_ClippingObserver):
     the observed range (``[max(min, -t), min(max, t)]``), e.g. unsigned post-ReLU data.
     """
 
-    def __init__(self, spec: QuantSpec, *, bins: int = 2048, levels: int = 128,
-                 stride: int = 1) -> None:
+    def __init__(self, spec: QuantSpec, *, bins: int = 2048, levels: int | None = None,
+                 stride: int = 1, skip_zeros: bool = True) -> None:
         super().__init__(spec)
-        if not 1 <= levels <= bins or stride < 1:
+        self.skip_zeros = skip_zeros
+        if levels is not None and not 1 <= levels <= bins or stride < 1:
             raise ConfigError(f"need 1 <= levels={levels} <= bins={bins} and stride={stride} >= 1")
         self.bins, self.levels, self.stride = bins, levels, stride
         self.register_buffer("hist", torch.empty(0))  # (R, bins) counts of |x|
@@ -246,7 +247,10 @@ class EntropyObserver(_ClippingObserver):
             self.hist_max = amax
         elif bool((amax > self.hist_max).any()):
             self._rebin(torch.maximum(amax, self.hist_max))
-        self.hist.scatter_add_(1, self._bin_of(rows.abs()), torch.ones_like(rows))
+        # Exact zeros (half of a post-ReLU tensor) are exact on every grid, so they cost no
+        # error; counted in bin 0 they dominate the KL and force a far too small threshold.
+        counts = (rows != 0).to(rows.dtype) if self.skip_zeros else torch.ones_like(rows)
+        self.hist.scatter_add_(1, self._bin_of(rows.abs()), counts)
 
     def _bin_of(self, values: Tensor) -> Tensor:
         """Bin index of each ``(R, N)`` value under the current ``hist_max``."""
@@ -259,6 +263,16 @@ class EntropyObserver(_ClippingObserver):
         self.hist_max = new_max
         self.hist = torch.zeros_like(self.hist).scatter_add_(1, self._bin_of(centres), self.hist)
 
+    def _levels_for_abs(self) -> int:
+        """Quantization levels that fall on ``|x|`` in [0, t]: 128 for symmetric int8
+        (TensorRT's figure); for an asymmetric grid all of them (256 for uint8) when the
+        data has one sign, half when it has both, since the grid then spans [-t, t]."""
+        if self.spec.symmetric:
+            return self.spec.qmax + 1
+        total = self.spec.qmax - self.spec.qmin + 1
+        two_sided = bool(((self.min_val < 0) & (self.max_val > 0)).any())
+        return min(total // 2 if two_sided else total, self.bins)
+
     def _range(self) -> tuple[Tensor, Tensor]:
         threshold = (self._best_stop() + 0.5) * self.hist_max / self.bins  # (R,), as TensorRT
         return torch.maximum(self.min_val, -threshold), torch.minimum(self.max_val, threshold)
@@ -266,15 +280,19 @@ class EntropyObserver(_ClippingObserver):
     def _best_stop(self) -> Tensor:
         """Per row, the number ``i`` of kept bins whose KL(P || Q) is smallest.
 
-        P is ``hist[:i]`` with the outliers ``hist[i:]`` folded into bin ``i - 1``; Q merges
-        P into ``levels`` groups of ``i // levels`` bins (the last takes the remainder) and
-        spreads each group's mass ``m`` evenly over its ``c`` non-empty bins. Q > 0 wherever
-        P > 0, so no smoothing is needed, and with ``T`` the total count
-        ``KL = (sum_b p_b log p_b - sum_groups m log(m / c)) / T``, which prefix sums give
-        in O(levels) per candidate instead of O(bins).
+        P is ``hist[:i]`` with the outliers ``hist[i:]`` folded into bin ``i - 1``. Q is
+        quantized from the clipped histogram ``hist[:i]`` WITHOUT the outliers (as TensorRT
+        and pytorch-quantization do; folding them into Q too makes Q == P at i = levels, so
+        the smallest threshold would always win): ``levels`` groups of ``i // levels`` bins
+        (the last takes the remainder), each group's mass ``m`` spread evenly over its ``c``
+        bins that are non-empty in P. P and Q are normalised separately (totals ``T`` and
+        ``S``); with ``M`` a group's mass in P (``m``, plus the outliers for the last group)
+        ``KL = (sum_b P_b log P_b - sum_g M log(m / c)) / T - log T + log S``, which prefix
+        sums give in O(levels) per candidate. A group with ``m = 0 < M`` makes KL infinite,
+        i.e. that candidate is rejected.
         """
         h = self.hist.double()  # (R, B)
-        b, levels = h.shape[1], self.levels
+        b, levels = h.shape[1], self.levels or self._levels_for_abs()
         cands = torch.arange(levels, b + 1, self.stride, device=h.device)  # (K,)
         if int(cands[-1]) != b:  # always try "no clipping"
             cands = torch.cat([cands, cands.new_tensor([b])])
@@ -289,8 +307,11 @@ class EntropyObserver(_ClippingObserver):
         edges[:, -1] = cands  # (K, levels + 1): group j is bins [edges[j], edges[j + 1])
         mass = cum[:, edges[:, 1:]] - cum[:, edges[:, :-1]]  # (R, K, levels)
         count = nnz[:, edges[:, 1:]] - nnz[:, edges[:, :-1]]
-        mass[..., -1] += tail
-        count[..., -1] += ((h[:, cands - 1] == 0) & (tail > 0)).double()
-        q_term = torch.xlogy(mass, mass / count.clamp(min=1.0)).sum(-1)  # (R, K)
-        kl = (p_term - q_term) / cum[:, -1:].clamp(min=1.0)  # (R, K)
+        count[..., -1] += ((h[:, cands - 1] == 0) & (tail > 0)).double()  # P's last bin
+        p_mass = mass.clone()
+        p_mass[..., -1] += tail  # (R, K, levels): each group's mass in P
+        q_term = torch.xlogy(p_mass, mass / count.clamp(min=1.0)).sum(-1)  # (R, K)
+        total = cum[:, -1:].clamp(min=1.0)  # (R, 1): T
+        kept = cum[:, cands].clamp(min=1.0)  # (R, K): S
+        kl = (p_term - q_term) / total - total.log() + kept.log()  # (R, K)
         return cands[kl.argmin(1)].to(self.hist_max.dtype)  # (R,)
