@@ -13,6 +13,13 @@ from torchslim.quant.affine import (QuantSpec, calc_qparams_for, compute_qparams
                                     fake_quantize, quantize, sqnr_db)
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
+from torchslim.quant.config import LayerOverride, QuantConfig
+from torchslim.quant.prepare import prepare, set_fake_quant_, set_observers_
+from torchslim.quant.calibrate import bias_correct_, calibrate_
+from torchslim.quant.api import qat
+from torchslim.quant.api import quantize as quantize_model
+from torchslim.quant.sensitivity import (LayerSensitivity, layer_sensitivity,
+                                         mixed_precision_config)
 
 __all__ = [
     # the affine mapping
@@ -22,4 +29,10 @@ __all__ = [
     "Observer", "OBSERVERS", "make_observer",
     # quantization-aware training
     "FakeQuantize", "LearnableFakeQuantize",
+    # model preparation, PTQ and QAT (``quantize`` above is the tensor op; the model-level
+    # PTQ entry point is ``quantize_model`` = torchslim.quant.api.quantize)
+    "QuantConfig", "LayerOverride", "prepare", "set_observers_", "set_fake_quant_",
+    "calibrate_", "bias_correct_", "quantize_model", "qat",
+    # sensitivity and mixed precision
+    "LayerSensitivity", "layer_sensitivity", "mixed_precision_config",
 ]

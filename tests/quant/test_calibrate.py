@@ -1,0 +1,141 @@
+"""Static PTQ: calibration, frozen qparams, bias correction, accuracy on real digits."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from torchslim.data import calibration_subset, load_data
+from torchslim.errors import ConfigError
+from torchslim.quant import QuantConfig, calibrate_, prepare, quantize_model
+from torchslim.quant.config import DEFAULT_WEIGHT
+from torchslim.quant.prepare import fake_quantizers
+from torchslim.train import TrainConfig, accuracy, fit
+from torchslim.zoo import build_model
+
+
+class TwoLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _batches(n: int, *, mean: float = 0.0) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(32, 16, generator=g) + mean, torch.zeros(32, dtype=torch.long))
+            for _ in range(n)]
+
+
+def test_calibration_observes_n_batches_then_freezes() -> None:
+    data = _batches(5)
+    prepared = prepare(TwoLinear(), example_inputs=(data[0][0],))
+    calibrate_(prepared, data, num_batches=3)
+    fqs = dict(fake_quantizers(prepared))
+    assert int(fqs["x_act_fq"].observer.num_batches) == 3
+    assert all(not fq.observer_enabled and fq.fake_quant_enabled and fq.scale.numel() > 0
+               for fq in fqs.values())
+    frozen = fqs["x_act_fq"].scale.clone()
+    prepared(data[4][0] * 100)  # frozen: a wild batch changes nothing
+    assert torch.equal(fqs["x_act_fq"].scale, frozen)
+
+
+def test_quantize_returns_a_new_model_and_defaults_example_inputs() -> None:
+    model = TwoLinear()
+    before = model.fc1.weight.clone()
+    q = quantize_model(model, calibration=_batches(2), num_batches=2)
+    assert q is not model and torch.equal(model.fc1.weight, before)
+    assert q.torchslim_quant["quantized"] == ["fc1", "fc2"]
+
+
+def test_empty_calibration_data_is_a_config_error() -> None:
+    prepared = prepare(TwoLinear(), example_inputs=(torch.randn(2, 16),))
+    with pytest.raises(ConfigError, match="no batches"):
+        calibrate_(prepared, [], num_batches=4)
+
+
+@torch.no_grad()
+def test_bias_correction_removes_the_mean_output_error() -> None:
+    torch.manual_seed(0)
+    data = _batches(8, mean=1.5)  # a non-zero input mean makes weight error bias the output
+    w3 = dataclasses.replace(DEFAULT_WEIGHT, bits=3)
+    model = TwoLinear()
+    errors = {}
+    for bc in (False, True):
+        q = quantize_model(model, QuantConfig(weight=w3, bias_correction=bc),
+                           calibration=data, num_batches=8)
+        x = torch.cat([b[0] for b in data])  # (256, 16)
+        errors[bc] = (q.fc1(q.x_act_fq(x)) - model.fc1(x)).mean(0).abs().mean()
+    assert errors[True] < 0.2 * errors[False]
+
+
+# --- end to end on real data -------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny convs on shared CPUs run faster (and steadier) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, Any]:
+    torch.manual_seed(0)
+    data = load_data("digits", batch_size=64)
+    model = build_model("resnet8", width=8)
+    fit(model, data.train, config=TrainConfig(epochs=3, lr=0.1))
+    model.eval()
+    return {"model": model, "val": data.val, "float": accuracy(model, data.val),
+            "calib": calibration_subset(data, 256, batch_size=64)}
+
+
+def _ptq_top1(digits: dict[str, Any], config: QuantConfig) -> float:
+    q = quantize_model(digits["model"], config, calibration=digits["calib"], num_batches=4)
+    return accuracy(q, digits["val"])
+
+
+@pytest.mark.slow
+def test_w8a8_per_channel_ptq_is_within_1_5_points(digits: dict[str, Any]) -> None:
+    assert digits["float"] > 0.85
+    assert _ptq_top1(digits, QuantConfig()) >= digits["float"] - 0.015
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("observer", ["percentile", "mse", "moving_average"])
+def test_other_observers_calibrate_well(digits: dict[str, Any], observer: str) -> None:
+    top1 = _ptq_top1(digits, QuantConfig(activation_observer=observer))
+    assert top1 >= digits["float"] - 0.03
+
+
+@pytest.mark.slow
+def test_entropy_observer_runs(digits: dict[str, Any]) -> None:
+    q = quantize_model(digits["model"], QuantConfig(activation_observer="entropy"),
+                       calibration=digits["calib"], num_batches=4)
+    scales = [fq.scale for _, fq in fake_quantizers(q)]
+    assert all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales)
+
+
+@pytest.mark.slow
+def test_entropy_observer_accuracy(digits: dict[str, Any]) -> None:
+    top1 = _ptq_top1(digits, QuantConfig(activation_observer="entropy"))
+    assert top1 >= digits["float"] - 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits, tolerance", [(8, 0.01), (4, 0.01)])
+def test_bias_correction_does_not_hurt(digits: dict[str, Any], bits: int,
+                                       tolerance: float) -> None:
+    weight = dataclasses.replace(DEFAULT_WEIGHT, bits=bits)
+    plain = _ptq_top1(digits, QuantConfig(weight=weight))
+    corrected = _ptq_top1(digits, QuantConfig(weight=weight, bias_correction=True))
+    assert corrected >= plain - tolerance

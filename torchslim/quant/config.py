@@ -1,0 +1,223 @@
+"""What to quantize and how: one frozen config, resolved into a per-layer plan at prepare time.
+
+A ``QuantConfig`` holds global weight / activation specs, per-layer overrides (exact name
+or regex), a skip list and a policy for the first and last quantizable layers.
+``resolve_layers`` turns it into ``{layer name: LayerPlan}`` for one model, and is where a
+name that matches no layer is reported (the config alone cannot know the model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchslim.errors import ConfigError
+from torchslim.quant.affine import QuantSpec
+from torchslim.quant.observers import OBSERVERS
+
+__all__ = ["QuantConfig", "LayerOverride", "LayerPlan", "LAYER_POLICIES", "DEFAULT_WEIGHT",
+           "DEFAULT_ACTIVATION", "resolve_layers", "matches", "check_names"]
+
+# s8 symmetric per output channel: what ONNX Runtime's integer conv and TensorRT expect.
+DEFAULT_WEIGHT = QuantSpec(bits=8, signed=True, symmetric=True, granularity="per_channel", axis=0)
+# u8 asymmetric per tensor: ONNX Runtime's fast x86 (VNNI) path wants u8 activations with s8
+# weights, and post-ReLU activations use the whole unsigned range.
+DEFAULT_ACTIVATION = QuantSpec(bits=8, signed=False, symmetric=False, granularity="per_tensor")
+LAYER_POLICIES = ("quantize", "float", "8bit")
+
+
+
+class ReadOnlyDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses mutation but, unlike MappingProxyType, pickles and deep-copies
+    (prepared models carry their config and are copied by export and sensitivity)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("QuantConfig.overrides is read-only; build a new config with "
+                        "dataclasses.replace(config, overrides={...})")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ReadOnlyDict, (dict(self),))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ReadOnlyDict:
+        import copy
+
+        return ReadOnlyDict(copy.deepcopy(dict(self), memo))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerOverride:
+    """Per-layer exception: another weight / activation spec, or ``skip=True`` for float."""
+
+    weight: QuantSpec | None = None      # None: the global weight spec
+    activation: QuantSpec | None = None  # None: the global spec; applies to the layer's OUTPUT
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "activation"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, QuantSpec):
+                raise ConfigError(f"LayerOverride.{name}={value!r} must be a QuantSpec or None")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one Conv / Linear layer ends up: a weight spec, or ``weight=None`` for float."""
+
+    weight: QuantSpec | None
+    activation: QuantSpec
+    reason: str = ""  # why the layer stays float, for the report
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """Static quantization settings; ``prepare`` checks the layer names against the model."""
+
+    weight: QuantSpec = DEFAULT_WEIGHT
+    activation: QuantSpec = DEFAULT_ACTIVATION
+    weight_observer: str = "minmax"       # weights are fixed: min-max is exact for them
+    activation_observer: str = "minmax"   # any name in OBSERVERS (entropy, percentile, ...)
+    overrides: Mapping[str, LayerOverride] = field(default_factory=dict)  # name or regex
+    skip: tuple[str, ...] = ()            # layer / submodule names or regexes kept in float
+    first_layer: str = "quantize"         # the input layer is often the most sensitive
+    last_layer: str = "quantize"          # so is the classifier; "8bit" keeps 8-bit weights
+    bias_correction: bool = False         # empirical bias correction after calibration
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "activation"):
+            if not isinstance(getattr(self, name), QuantSpec):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a QuantSpec")
+        _check_activation(self.activation, "activation")
+        for name in ("weight_observer", "activation_observer"):
+            OBSERVERS.get(getattr(self, name))  # UnknownNameError listing the known names
+        for name in ("first_layer", "last_layer"):
+            if getattr(self, name) not in LAYER_POLICIES:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be one of "
+                                  f"{', '.join(LAYER_POLICIES)}")
+        if isinstance(self.skip, str) or not isinstance(self.skip, Sequence):
+            raise ConfigError(f"skip={self.skip!r} must be a list of layer names or regexes")
+        object.__setattr__(self, "skip", tuple(self.skip))
+        if not isinstance(self.overrides, Mapping):
+            raise ConfigError(f"overrides={self.overrides!r} must map layer names to LayerOverride")
+        for key, value in self.overrides.items():
+            if not isinstance(value, LayerOverride):
+                raise ConfigError(f"overrides[{key!r}]={value!r} must be a LayerOverride")
+            if value.activation is not None:
+                _check_activation(value.activation, f"overrides[{key!r}].activation")
+        # Read-only, yet picklable (a MappingProxy is not: prepared models holding the
+        # config must stay deep-copyable).
+        object.__setattr__(self, "overrides", ReadOnlyDict(self.overrides))
+        for pattern in (*self.skip, *self.overrides):
+            _compile(pattern)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
+        """Build from plain data (YAML / CLI): specs are dicts merged onto the defaults,
+        overrides map a name to ``{"weight": {...}, "activation": {...}, "skip": bool}``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown QuantConfig keys {unknown}; known: {sorted(known)}")
+        kwargs = dict(d)
+        weight = _spec(kwargs.get("weight"), DEFAULT_WEIGHT, "weight")
+        activation = _spec(kwargs.get("activation"), DEFAULT_ACTIVATION, "activation")
+        kwargs.update(weight=weight, activation=activation)
+        kwargs["overrides"] = {k: _override(k, v, weight, activation)
+                               for k, v in dict(kwargs.get("overrides") or {}).items()}
+        skip = kwargs.get("skip") or ()
+        kwargs["skip"] = (skip,) if isinstance(skip, str) else tuple(skip)  # "fc" is one name
+        return cls(**kwargs)
+
+
+def _check_activation(spec: QuantSpec, where: str) -> None:
+    if spec.granularity != "per_tensor":
+        raise ConfigError(f"{where}.granularity={spec.granularity!r}: activations are "
+                          "quantized per_tensor (what ONNX Runtime and TensorRT run)")
+
+
+def _spec(value: Any, base: QuantSpec, where: str) -> QuantSpec:
+    if value is None:
+        return base
+    if isinstance(value, QuantSpec):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}={value!r} must be a mapping of QuantSpec fields")
+    fields = {f.name for f in dataclasses.fields(QuantSpec)}
+    bad = sorted(set(value) - fields)
+    if bad:
+        raise ConfigError(f"{where}: unknown QuantSpec fields {bad}; known: {sorted(fields)}")
+    return dataclasses.replace(base, **value)
+
+
+def _override(key: str, value: Any, weight: QuantSpec, activation: QuantSpec) -> LayerOverride:
+    if isinstance(value, LayerOverride):
+        return value
+    if not isinstance(value, Mapping) or set(value) - {"weight", "activation", "skip"}:
+        raise ConfigError(f"overrides[{key!r}]={value!r} must be a mapping with keys "
+                          "weight, activation, skip")
+    return LayerOverride(
+        weight=_spec(value["weight"], weight, f"overrides[{key!r}].weight")
+        if value.get("weight") is not None else None,
+        activation=_spec(value["activation"], activation, f"overrides[{key!r}].activation")
+        if value.get("activation") is not None else None,
+        skip=bool(value.get("skip", False)))
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"layer name {pattern!r} must be a non-empty string (name or regex)")
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"layer pattern {pattern!r} is not a valid regex ({e}); "
+                          "use an exact layer name such as 'layer1.0.conv1'") from e
+
+
+def matches(pattern: str, name: str) -> bool:
+    """An exact name, or a regex that matches the whole name (``layer1\\..*``)."""
+    return pattern == name or _compile(pattern).fullmatch(name) is not None
+
+
+def check_names(config: QuantConfig, module_names: Sequence[str],
+                layer_names: Sequence[str]) -> None:
+    """ConfigError for a skip / override entry that names no module of the model."""
+    for pattern in (*config.skip, *config.overrides):
+        if not any(matches(pattern, n) for n in module_names):
+            examples = ", ".join(layer_names[:6]) or "(none)"
+            raise ConfigError(f"layer {pattern!r} in the quantization config matches no "
+                              f"module of the model; layers are named like: {examples}")
+
+
+def resolve_layers(config: QuantConfig, layer_names: Sequence[str]) -> dict[str, LayerPlan]:
+    """``{name: LayerPlan}`` for the quantizable layers, in graph order.
+
+    Precedence: skip list, then an override (exact name, else the first matching regex),
+    then the first / last layer policy, then the global specs."""
+    plans: dict[str, LayerPlan] = {}
+    for i, name in enumerate(layer_names):
+        plans[name] = _plan(config, name, first=i == 0, last=i == len(layer_names) - 1)
+    return plans
+
+
+def _plan(config: QuantConfig, name: str, *, first: bool, last: bool) -> LayerPlan:
+    if any(matches(p, name) for p in config.skip):
+        return LayerPlan(None, config.activation, "in skip list")
+    override = config.overrides.get(name) or next(  # an exact name beats any regex
+        (o for p, o in config.overrides.items() if matches(p, name)), None)
+    if override is not None and override.skip:
+        return LayerPlan(None, config.activation, "override skip=True")
+    weight = override.weight if override and override.weight else config.weight
+    activation = override.activation if override and override.activation else config.activation
+    for is_edge, policy, which in ((first, config.first_layer, "first"),
+                                   (last, config.last_layer, "last")):
+        if not is_edge or override is not None:
+            continue
+        if policy == "float":
+            return LayerPlan(None, activation, f"{which} layer policy 'float'")
+        if policy == "8bit":
+            weight = dataclasses.replace(weight, bits=8)
+    return LayerPlan(weight, activation)
