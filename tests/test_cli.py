@@ -98,3 +98,39 @@ def test_train_then_evaluate_against_a_reference(fake_fashion: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["candidates"][1]["agreement"] == 1.0
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--observer", "kl-magic"], ("kl-magic", "entropy")),
+    (["--bits", "12"], ("bits=12",)),
+    (["--runtime", "tensorrt"], ("tensorrt", "onnxruntime")),
+    (["--method", "awq"], ("awq", "ptq")),
+])
+def test_quantize_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
+                                      needles: tuple[str, ...]) -> None:
+    result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion), *args])
+    _one_line_error(result, *needles)
+
+
+@pytest.mark.slow
+def test_quantize_writes_an_int8_artifact_and_report(checkpoint: Path, fake_fashion: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion),
+                                 "--calib-batches", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    int8 = report["candidates"][-1]
+    assert (int8["runtime"], int8["precision"]) == ("onnxruntime", "int8")
+    assert int8["extra"]["fake_quant_agreement"] >= 0.95
+    assert report["quantization"]["quantized_layers"]
+
+
+def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sensitivity", str(checkpoint), "--data", str(fake_fashion),
+                                 "--batches", "2", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    layers = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["layers"]
+    assert len(layers) >= 8 and {"name", "metric_drop", "sqnr_db", "params"} <= set(layers[0])
+    drops = [r["metric_drop"] for r in layers]
+    assert drops == sorted(drops, reverse=True)

@@ -25,8 +25,8 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     report = json.loads((out / "report.json").read_text())
     assert report["baseline"] == "teacher-fp32-torch"
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime"]
-    torch_c, ort_c = report["candidates"]
+    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime", "teacher-int8-onnxruntime"]
+    torch_c, ort_c, int8_c = report["candidates"]
     assert (torch_c["runtime"], ort_c["runtime"]) == ("torch", "onnxruntime")
     for c in (torch_c, ort_c):
         assert 0.0 <= c["top1"] <= 1.0 and len(c["per_class"]) == 10
@@ -36,6 +36,9 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
         assert c["bytes"] > 0
     assert ort_c["agreement"] >= 0.999
     assert ort_c["bytes"] == (out / "teacher.onnx").stat().st_size
+    assert int8_c["precision"] == "int8" and int8_c["runtime"] == "onnxruntime"
+    assert int8_c["bytes"] < 0.6 * ort_c["bytes"]  # tiny quick model: graph overhead dominates
+    assert int8_c["extra"]["fake_quant_agreement"] >= 0.95
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
 

@@ -1,0 +1,136 @@
+"""The quantize job: checkpoint -> PTQ or QAT -> INT8 artifact on a runtime -> report.
+
+Every figure in its report comes from the runtime it names: the FP32 baseline and the
+INT8 candidate run on the same runtime, with the same threads, on the same test split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchslim._registry import Registry
+from torchslim.data import DataBundle, calibration_subset, load_data
+from torchslim.errors import ConfigError
+from torchslim.evaluate import EvalResult, evaluate
+from torchslim.export import export_onnx, export_openvino, export_qdq
+from torchslim.quant import QuantSpec
+from torchslim.quant.api import qat, quantize
+from torchslim.quant.config import QuantConfig
+from torchslim.report import write_report
+from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session, TorchSession
+from torchslim.train import TrainConfig, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+CALIB_BATCH = 32
+METHODS = ("ptq", "qat")
+RUNTIMES: Registry[Any] = Registry("runtime")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeJob:
+    checkpoint: Path
+    out: Path = Path("runs/quantize")
+    method: str = "ptq"              # "ptq" or "qat"
+    observer: str = "minmax"         # activation observer
+    bits: int = 8                    # weight bits; activations stay 8-bit (u8)
+    calib_batches: int = 16          # of 32 training images each
+    runtime: str = "onnxruntime"     # where the artifact is measured
+    threads: int = 2
+    qat_epochs: int = 1
+    batch_sizes: tuple[int, ...] = (1, 32)
+    data_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime={self.runtime!r}; choose one of "
+                              f"{', '.join(RUNTIMES.names())}")
+        if self.calib_batches < 1:
+            raise ConfigError(f"calib_batches={self.calib_batches} must be >= 1")
+        if self.qat_epochs < 1:
+            raise ConfigError(f"qat_epochs={self.qat_epochs} must be >= 1")
+
+    def config(self) -> QuantConfig:
+        return QuantConfig(weight=QuantSpec(bits=self.bits, granularity="per_channel", axis=0),
+                           activation_observer=self.observer)
+
+
+@RUNTIMES.register("onnxruntime")
+def _ort(onnx_path: Path, threads: int) -> Session:
+    return OnnxRuntimeSession(onnx_path, threads=threads)
+
+
+@RUNTIMES.register("openvino")
+def _openvino(onnx_path: Path, threads: int) -> Session:
+    xml = export_openvino(onnx_path, onnx_path.with_suffix(".xml"))
+    return OpenVinoSession(xml, threads=threads)
+
+
+def quantize_model(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
+    """The calibrated (PTQ) or fine-tuned (QAT) fake-quant model."""
+    calib = calibration_subset(data, job.calib_batches * CALIB_BATCH, batch_size=CALIB_BATCH)
+    if job.method == "ptq":
+        return quantize(model, job.config(), calibration=calib, num_batches=job.calib_batches)
+    return qat(model, data.train, config=job.config(), val=data.val, calibration=calib,
+               num_calib_batches=job.calib_batches,
+               train_config=TrainConfig(epochs=job.qat_epochs, lr=0.01, schedule="cosine",
+                                        threads=job.threads))
+
+
+def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle) -> float:
+    """Share of test images on which the artifact and the fake-quant model agree."""
+    same = total = 0
+    prepared.eval()
+    with torch.inference_mode():
+        for x, _ in data.test:
+            a = prepared(x).argmax(1).numpy()
+            b = session.run(x.numpy()).argmax(1)
+            same += int(np.sum(a == b))
+            total += len(a)
+    return same / max(total, 1)
+
+
+def run_quantize(job: QuantizeJob) -> dict[str, Any]:
+    torch.set_num_threads(job.threads)
+    model, meta = load_checkpoint(job.checkpoint)
+    data = load_data(meta.get("dataset") or "fashion-mnist", root=job.data_root)
+    shape = data.info.input_shape
+    stem = Path(job.checkpoint).stem
+    prepared = quantize_model(model, data, job)
+    precision = f"w{job.bits}a8"
+    fp32_path = export_onnx(model, job.out / f"{stem}-fp32.onnx", input_shape=shape)
+    int8_path = export_qdq(prepared, job.out / f"{stem}-{precision}.onnx", input_shape=shape)
+    opener = RUNTIMES.get(job.runtime)
+    common: dict[str, Any] = {"batch_sizes": job.batch_sizes,
+                              "class_names": list(data.info.class_names)}
+    base = evaluate(TorchSession(model, threads=job.threads), data.test,
+                    name=f"{stem}-fp32-torch", **common)
+    fp32 = evaluate(opener(fp32_path, job.threads), data.test, reference=base, model=model,
+                    name=f"{stem}-fp32-{job.runtime}", **common)
+    int8_session = opener(int8_path, job.threads)
+    int8 = evaluate(int8_session, data.test, reference=base, model=model,
+                    name=f"{stem}-{job.method}-{precision}-{job.runtime}", **common)
+    int8.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, int8_session, data)
+    base.agreement, base.cosine = 1.0, 1.0
+    paths = write_report(job.out, baseline=base, candidates=[fp32, int8],
+                         dataset={"name": data.info.name, "split": "test", "n": base.n},
+                         class_names=list(data.info.class_names), title="torchslim quantize",
+                         extra={"quantization": _describe(prepared, job)})
+    return {"report": paths, "results": [base, fp32, int8], "artifact": int8_path}
+
+
+def _describe(prepared: nn.Module, job: QuantizeJob) -> dict[str, Any]:
+    info = getattr(prepared, "torchslim_quant", {}) or {}
+    return {"method": job.method, "weight_bits": job.bits, "activation_bits": 8,
+            "observer": job.observer, "calibration_images": job.calib_batches * CALIB_BATCH,
+            "quantized_layers": list(info.get("quantized", [])),
+            "float_layers": [str(x) for x in info.get("float", [])]}
