@@ -6,7 +6,9 @@ EXPECTED = {
     "__version__",
     "DataBundle", "load_data", "calibration_subset", "build_model", "list_models",
     "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint",
-    "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export_onnx",
+    "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
+    "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
+    "export_onnx", "export_qdq",
     "EvalResult", "evaluate", "write_report",
     "DemoOptions", "run_demo",
     "TorchslimError", "ConfigError", "UnknownNameError", "DataNotFoundError",
@@ -36,3 +38,9 @@ def test_version_matches_the_package_metadata() -> None:
     from importlib.metadata import version
 
     assert torchslim.__version__ == version("torchslim")
+
+
+def test_export_function_does_not_break_the_subpackage() -> None:
+    from torchslim.export import export_qdq
+
+    assert callable(torchslim.export) and torchslim.export_qdq is export_qdq

@@ -4,6 +4,8 @@
 >>> data = torchslim.load_data("fashion-mnist")
 >>> model = torchslim.build_model("resnet14", width=16)
 >>> torchslim.fit(model, data.train, val=data.val, config=torchslim.TrainConfig(epochs=6))
+>>> int8 = torchslim.quantize(model, torchslim.QuantConfig(), calibration=data.val)
+>>> torchslim.export(int8, "model-int8.onnx", input_shape=(1, 28, 28))
 """
 
 from torchslim.config import VERSION as __version__
@@ -13,13 +15,20 @@ from torchslim.errors import (ArchitectureMismatchError, ArtifactError, Checkpoi
                               MissingDependencyError, TorchslimError, UnknownNameError,
                               UnsupportedModelError)
 from torchslim.evaluate import EvalResult, evaluate
-from torchslim.export import export_onnx
+from torchslim.export import export_onnx, export_qdq
 from torchslim.pipeline import DemoOptions, run_demo
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession
 from torchslim.runtime import load as load_session
 from torchslim.train import (Callback, TrainConfig, fit, load_checkpoint, save_checkpoint)
+from torchslim.quant import QuantSpec
+from torchslim.quant.api import qat, quantize
+from torchslim.quant.config import LayerOverride, QuantConfig
 from torchslim.zoo import build_model, list_models
+
+# Last: the function `torchslim.export(...)` takes the name of the subpackage attribute;
+# `from torchslim.export import ...` keeps working through sys.modules.
+from torchslim.export.api import export  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -27,8 +36,11 @@ __all__ = [
     "DataBundle", "load_data", "calibration_subset", "build_model", "list_models",
     # training and checkpoints
     "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint",
+    # quantization
+    "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     # runtimes and artifacts
-    "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export_onnx",
+    "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
+    "export_onnx", "export_qdq",
     # measuring and reporting
     "EvalResult", "evaluate", "write_report",
     # jobs
