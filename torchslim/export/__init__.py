@@ -3,6 +3,8 @@
 from torchslim.export.onnx import export_onnx
 from torchslim.export.openvino import export_openvino  # imports openvino only when called
 from torchslim.export.qdq import export_qdq
+from torchslim.export.dynamic import export_dynamic, export_weight_only
 from torchslim.export.api import export, is_quantized  # noqa: E402  (uses the three above)
 
-__all__ = ["export", "export_onnx", "export_openvino", "export_qdq", "is_quantized"]
+__all__ = ["export", "export_onnx", "export_openvino", "export_qdq", "is_quantized",
+           "export_dynamic", "export_weight_only"]

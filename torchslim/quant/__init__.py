@@ -20,6 +20,8 @@ from torchslim.quant.api import qat
 from torchslim.quant.api import quantize as quantize_model
 from torchslim.quant.sensitivity import (LayerSensitivity, layer_sensitivity,
                                          mixed_precision_config)
+from torchslim.quant.dynamic import quantize_dynamic
+from torchslim.quant.weight_only import quantize_weight_only
 
 __all__ = [
     # the affine mapping
@@ -35,4 +37,6 @@ __all__ = [
     "calibrate_", "bias_correct_", "quantize_model", "qat",
     # sensitivity and mixed precision
     "LayerSensitivity", "layer_sensitivity", "mixed_precision_config",
+    # dynamic and weight-only PTQ (no calibration data)
+    "quantize_dynamic", "quantize_weight_only",
 ]

@@ -1,0 +1,319 @@
+"""ONNX export of dynamically quantized and weight-only quantized models.
+
+Dynamic (:func:`export_dynamic`): each quantized Linear becomes what
+``onnxruntime.quantization.quantize_dynamic`` emits, and ONNX Runtime fuses into
+``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``::
+
+    x -> DynamicQuantizeLinear -> (x_q u8, x_scale, x_zp)
+    MatMulInteger(x_q, W_q s8 [in, out], x_zp, 0) -> Cast(float) -> Mul(x_scale * w_scale) -> Add(bias)
+
+``DynamicQuantizeLinear`` is per tensor, so only models quantized with
+``per_token=False`` (the default) export; their torch simulation computes the same grid.
+
+Weight-only (:func:`export_weight_only`): int8 weight initializers (4-bit values stored in
+int8) behind a ``DequantizeLinear`` feeding the float MatMul / Gemm; activations float.
+Per channel uses opset 17 (``axis``); per group needs the blocked ``DequantizeLinear``
+(``block_size``) of opset 21, so the float export is converted to opset 21 first. ONNX
+Runtime fuses blocked ``DQ -> MatMul`` into ``MatMulNBits``, which by default quantizes
+the activation to int8 inside the kernel (session option
+``session.qdq_matmulnbits_accuracy_level``), so its output is close to, not equal to, the
+float-activation torch simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from torch import nn
+
+from torchslim import _io
+from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
+from torchslim.export._onnx_graph import (GraphIndex, _digest, attribute,
+                                          constants_to_initializers_, remove_dead,
+                                          rewrite_weights_)
+from torchslim.export.qdq import (OPSET, BakedWeight, _bake_weights_, _copy_model,
+                                  _torch_export, _weight_qparams)
+from torchslim.quant.affine import dequantize, quantize
+from torchslim.quant.dynamic import DynamicActivationQuant
+from torchslim.quant.fake_quant import FakeQuantize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_dynamic", "export_weight_only"]
+
+BLOCKED_DQ_OPSET = 21  # first opset whose DequantizeLinear has block_size
+
+
+@dataclass(frozen=True)
+class GroupedWeight:
+    """A per-group integer Linear weight, found again in the ONNX graph by value."""
+
+    module: str
+    q: np.ndarray  # (out, in) int8 / uint8
+    scale: np.ndarray  # (out, in // group_size) float32
+    zero_point: np.ndarray  # same shape as scale, q's dtype
+    group_size: int
+
+    def dequantized(self) -> np.ndarray:
+        """``(q - z) * s`` as the torch model computes it, (out, in) float32."""
+        g = self.group_size
+        z = np.repeat(self.zero_point.astype(np.int32), g, axis=1)  # (out, in)
+        return (self.q.astype(np.int32) - z).astype(np.float32) * np.repeat(self.scale, g, axis=1)
+
+
+# --- dynamic -------------------------------------------------------------------------
+
+
+def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
+                   input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+    """Write a :func:`torchslim.quant.quantize_dynamic` model as an ONNX file that ONNX
+    Runtime runs with integer MatMul kernels. ``input_shape`` excludes the (dynamic)
+    batch axis; ``model`` is left untouched."""
+    m = _copy_model(model).eval().cpu()
+    _drop_dynamic_quantizers_(m)
+    baked = _bake_weights_(m)
+    if not baked:
+        raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
+                                    "run torchslim.quant.quantize_dynamic first")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "float.onnx"
+        _torch_export(m, raw, input_shape, opset)
+        proto = onnx.load(str(raw))
+    found = _rewrite_integer_matmuls_(proto, baked)
+    missing = [b.module for b in baked if b.module not in found]
+    if missing:
+        logger.warning("%s: no MatMul/Gemm with this weight in the exported graph; kept "
+                       "float (fake-quantized weight values)", ", ".join(missing))
+    onnx.checker.check_model(proto)
+    out = _io.write_bytes(path, proto.SerializeToString())
+    logger.info("exported %s: %d integer MatMuls, %d bytes", out, len(found), out.stat().st_size)
+    return out
+
+
+def _drop_dynamic_quantizers_(model: nn.Module) -> None:
+    """Replace each run-time activation quantizer by Identity (the graph rewrite adds
+    DynamicQuantizeLinear instead); per-token grids have no ONNX form."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, DynamicActivationQuant):
+            continue
+        if module.per_token:
+            raise ConfigError(f"{name}: per_token=True dynamic activations have no ONNX "
+                              "form (DynamicQuantizeLinear is per tensor); quantize with "
+                              "per_token=False to export")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Identity())
+
+
+def _weight_lookup(baked: list[BakedWeight]) -> dict[tuple, tuple[BakedWeight, bool]]:
+    """digest of a float initializer -> (record, stored transposed as [in, out]); layers
+    with equal weights share one record (the exporter writes one initializer)."""
+    lookup: dict[tuple, tuple[BakedWeight, bool]] = {}
+    for b in baked:
+        w = b.dequantized()  # (out, in): what the exporter wrote, maybe transposed
+        lookup.setdefault(_digest(w), (b, False))
+        lookup.setdefault(_digest(np.ascontiguousarray(w.T)), (b, True))
+    return lookup
+
+
+def _linear_match(index: GraphIndex, node: onnx.NodeProto,
+                  lookup: dict[tuple, tuple[BakedWeight, bool]]) -> BakedWeight | None:
+    """The record whose weight ``node`` multiplies by as a Linear (``x @ W.T``), if any."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+        return None
+    value = index.constant(node.input[1])
+    if value is None or value.dtype != np.float32 or value.ndim != 2:
+        return None
+    hit = lookup.get(_digest(value))
+    if hit is None:
+        return None
+    b, transposed = hit
+    if node.op_type == "MatMul":
+        return b if transposed else None
+    plain_gemm = attribute(node, "transA", 0) == 0
+    unit = all(_float_attr(node, a) == 1.0 for a in ("alpha", "beta"))
+    wants_t = attribute(node, "transB", 0) == 0  # [in, out] stored when transB = 0
+    return b if plain_gemm and unit and wants_t == transposed else None
+
+
+def _float_attr(node: onnx.NodeProto, name: str) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return float(a.f)
+    return 1.0
+
+
+def _rewrite_integer_matmuls_(model: onnx.ModelProto, baked: list[BakedWeight]) -> set[str]:
+    """Replace each Linear MatMul / Gemm by the dynamic integer chain; returns the module
+    names rewritten."""
+    graph = model.graph
+    constants_to_initializers_(graph)
+    index = GraphIndex(graph)
+    lookup = _weight_lookup(baked)
+    nodes: list[onnx.NodeProto] = []
+    found: set[str] = set()
+    for node in graph.node:
+        b = _linear_match(index, node, lookup)
+        if b is None:
+            nodes.append(node)
+            continue
+        nodes.extend(_integer_chain(index, node, b))
+        found.update(x.module for x in baked if np.array_equal(x.q, b.q)
+                     and np.array_equal(x.scale, b.scale))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_dead(graph)
+    return found
+
+
+def _integer_chain(index: GraphIndex, node: onnx.NodeProto, b: BakedWeight
+                   ) -> list[onnx.NodeProto]:
+    """DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul (-> Add bias) for ``node``."""
+    if np.any(b.zero_point != 0) or b.q.dtype != np.int8:
+        raise UnsupportedModelError(f"{b.module}: dynamic export needs symmetric s8 weights "
+                                    f"(zero point 0); got {b.q.dtype} with non-zero points")
+    base = b.module or "linear"
+    helper = onnx.helper
+    x_q, x_s, x_z = (index.fresh(f"{base}_input_{s}") for s in ("quantized", "scale", "zp"))
+    w_q = index.add_initializer(f"{base}_weight_quantized", np.ascontiguousarray(b.q.T))  # [in, out]
+    w_z = index.add_initializer(f"{base}_weight_zero_point", np.zeros((), np.int8))
+    w_s = index.add_initializer(f"{base}_weight_scale", b.scale.astype(np.float32))  # (out,)
+    acc, acc_f, scale = (index.fresh(f"{base}_{s}") for s in ("acc", "acc_float", "scale"))
+    has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+    out = index.fresh(f"{base}_no_bias") if has_bias else node.output[0]
+    chain = [
+        helper.make_node("DynamicQuantizeLinear", [node.input[0]], [x_q, x_s, x_z],
+                         name=index.fresh(f"{base}_DynamicQuantizeLinear")),
+        helper.make_node("MatMulInteger", [x_q, w_q, x_z, w_z], [acc],
+                         name=index.fresh(f"{base}_MatMulInteger")),
+        helper.make_node("Cast", [acc], [acc_f], to=onnx.TensorProto.FLOAT,
+                         name=index.fresh(f"{base}_Cast")),
+        helper.make_node("Mul", [x_s, w_s], [scale], name=index.fresh(f"{base}_scale_Mul")),
+        helper.make_node("Mul", [acc_f, scale], [out], name=index.fresh(f"{base}_Mul")),
+    ]
+    if has_bias:
+        chain.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]],
+                                      name=index.fresh(f"{base}_bias_Add")))
+    return chain
+
+
+# --- weight-only ---------------------------------------------------------------------
+
+
+def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
+                       input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+    """Write a :func:`torchslim.quant.quantize_weight_only` model as ONNX: int8 weight
+    initializers + DequantizeLinear (per channel, or blocked per group at opset 21)
+    feeding float MatMul / Gemm. ``model`` is left untouched."""
+    m = _copy_model(model).eval().cpu()
+    grouped = _bake_grouped_(m)
+    baked = _bake_weights_(m)
+    if not baked and not grouped:
+        raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
+                                    "run torchslim.quant.quantize_weight_only first")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "float.onnx"
+        _torch_export(m, raw, input_shape, opset)
+        proto = onnx.load(str(raw))
+    found, _ = rewrite_weights_(proto, baked)
+    if grouped:
+        proto = _to_opset(proto, BLOCKED_DQ_OPSET)
+        found |= _add_blocked_dq_(proto, grouped)
+    missing = sorted({b.module for b in [*baked, *grouped]} - found)
+    if missing:
+        logger.warning("%s: weight not found in the exported graph; kept float "
+                       "(fake-quantized values)", ", ".join(missing))
+    onnx.checker.check_model(proto)
+    out = _io.write_bytes(path, proto.SerializeToString())
+    logger.info("exported %s: %d int8 weights (%d per group), %d bytes",
+                out, len(found), len(grouped), out.stat().st_size)
+    return out
+
+
+def _bake_grouped_(model: nn.Module) -> list[GroupedWeight]:
+    """Turn each per-group fake-quant Linear into a plain Linear holding the dequantized
+    weight; return its integer weight with ``(out, in // g)`` scales."""
+    baked = []
+    for name, module in list(model.named_modules()):
+        fq = getattr(module, "weight_fake_quant", None)
+        if not isinstance(fq, FakeQuantize) or fq.spec.granularity != "per_group":
+            continue
+        if not isinstance(module, nn.Linear):
+            raise UnsupportedModelError(f"{name}: per-group weights export for Linear only, "
+                                        f"not {type(module).__name__}")
+        weight = module.weight.detach().float()  # (out, in)
+        scale, zp, spec = _weight_qparams(name, fq, weight)
+        if spec is None:
+            continue
+        q = quantize(weight, scale, zp, spec)  # (out, in) int8 / uint8
+        plain = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+        plain.weight = nn.Parameter(dequantize(q, scale, zp, spec), requires_grad=False)
+        plain.bias = module.bias
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, plain)
+        groups = (q.shape[0], q.shape[1] // spec.group_size)  # (out, in // g)
+        baked.append(GroupedWeight(module=name, q=q.numpy(),
+                                   scale=scale.float().reshape(groups).numpy(),
+                                   zero_point=zp.reshape(groups).numpy().astype(q.numpy().dtype),
+                                   group_size=spec.group_size))
+    return baked
+
+
+def _to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:  # the converter raises bare RuntimeErrors
+        raise ArtifactError(f"cannot convert the exported graph to opset {opset} for "
+                            f"blocked DequantizeLinear ({str(e).splitlines()[0]}); use "
+                            "group_size=None (per channel) to export at opset 17") from e
+
+
+def _add_blocked_dq_(model: onnx.ModelProto, grouped: list[GroupedWeight]) -> set[str]:
+    """Point each matching MatMul / Gemm at a blocked DequantizeLinear of int8 weights."""
+    graph = model.graph
+    index = GraphIndex(graph)
+    lookup: dict[tuple, tuple[GroupedWeight, bool]] = {}
+    for b in grouped:
+        w = b.dequantized()  # (out, in)
+        lookup.setdefault(_digest(w), (b, False))
+        lookup.setdefault(_digest(np.ascontiguousarray(w.T)), (b, True))
+    new_nodes, found, done = [], set(), {}
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name not in done:
+            value = index.constant(name)
+            hit = lookup.get(_digest(value)) if value is not None and value.ndim == 2 else None
+            if hit is None:
+                continue
+            done[name] = _blocked_dq(index, new_nodes, name, *hit)
+            found.update(x.module for x in grouped if np.array_equal(x.q, hit[0].q)
+                         and np.array_equal(x.scale, hit[0].scale))
+        node.input[1] = done[name]
+    nodes = new_nodes + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_dead(graph)
+    return found
+
+
+def _blocked_dq(index: GraphIndex, new_nodes: list[onnx.NodeProto], name: str,
+                b: GroupedWeight, transposed: bool) -> str:
+    q, s, z = (b.q.T, b.scale.T, b.zero_point.T) if transposed else (b.q, b.scale, b.zero_point)
+    axis = 0 if transposed else 1  # the input (in) axis, which the groups split
+    q_name = index.add_initializer(f"{name}_quantized", np.ascontiguousarray(q))
+    s_name = index.add_initializer(f"{name}_scale", np.ascontiguousarray(s, dtype=np.float32))
+    z_name = index.add_initializer(f"{name}_zero_point", np.ascontiguousarray(z))
+    out = index.fresh(f"{name}_dequantized")
+    new_nodes.append(onnx.helper.make_node(
+        "DequantizeLinear", [q_name, s_name, z_name], [out],
+        name=index.fresh(f"{name}_DequantizeLinear"), axis=axis, block_size=b.group_size))
+    return out
