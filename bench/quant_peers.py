@@ -129,8 +129,8 @@ def torchslim_ptq(ctx: Context) -> dict[str, Any]:
 
 
 def _qat_train_config(ctx: Context) -> TrainConfig:
-    # qat()'s own default schedule (2 epochs, cosine from lr 0.01), on the bench's threads
-    return TrainConfig(epochs=ctx.qat_epochs, lr=0.01, schedule="cosine", threads=ctx.threads,
+    # qat()'s own default schedule (2 epochs, cosine from lr 1e-3), on the bench's threads
+    return TrainConfig(epochs=ctx.qat_epochs, lr=1e-3, schedule="cosine", threads=ctx.threads,
                        max_steps_per_epoch=ctx.qat_steps)
 
 

@@ -113,17 +113,20 @@ def test_quantize_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method, precision", [("ptq", "int8"), ("dynamic", "int8"),
+                                               ("weight-only", "w8")])
 def test_quantize_writes_an_int8_artifact_and_report(checkpoint: Path, fake_fashion: Path,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, method: str,
+                                                     precision: str) -> None:
     out = tmp_path / "q"
     result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion),
-                                 "--calib-batches", "2", "--out", str(out)])
+                                 "--method", method, "--calib-batches", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     int8 = report["candidates"][-1]
-    assert (int8["runtime"], int8["precision"]) == ("onnxruntime", "int8")
+    assert (int8["runtime"], int8["precision"]) == ("onnxruntime", precision)
     assert int8["extra"]["fake_quant_agreement"] >= 0.95
-    assert report["quantization"]["quantized_layers"]
+    assert int8["name"].endswith("-onnxruntime") and method in int8["name"]
 
 
 def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ INT8 candidate run on the same runtime, with the same threads, on the same test 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from torchslim._registry import Registry
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
 from torchslim.evaluate import EvalResult, evaluate
-from torchslim.export import export_onnx, export_openvino, export_qdq
-from torchslim.quant import QuantSpec
+from torchslim.export import (export_dynamic, export_onnx, export_openvino, export_qdq,
+                              export_weight_only)
+from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import QuantConfig
 from torchslim.report import write_report
@@ -30,15 +32,16 @@ from torchslim.train import TrainConfig, load_checkpoint
 logger = logging.getLogger(__name__)
 
 CALIB_BATCH = 32
-METHODS = ("ptq", "qat")
 RUNTIMES: Registry[Any] = Registry("runtime")
+# method -> (quantize(model, data, job) -> fake-quant model, exporter(model, path, input_shape=))
+METHODS: Registry[tuple[Callable[..., nn.Module], Callable[..., Path]]] = Registry("method")
 
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizeJob:
     checkpoint: Path
     out: Path = Path("runs/quantize")
-    method: str = "ptq"              # "ptq" or "qat"
+    method: str = "ptq"              # "ptq", "qat", "dynamic" or "weight-only"
     observer: str = "minmax"         # activation observer
     bits: int = 8                    # weight bits; activations stay 8-bit (u8)
     calib_batches: int = 16          # of 32 training images each
@@ -50,7 +53,8 @@ class QuantizeJob:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r}; choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"method={self.method!r}; choose one of "
+                              f"{', '.join(METHODS.names())}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime={self.runtime!r}; choose one of "
                               f"{', '.join(RUNTIMES.names())}")
@@ -65,25 +69,49 @@ class QuantizeJob:
 
 
 @RUNTIMES.register("onnxruntime")
-def _ort(onnx_path: Path, threads: int) -> Session:
-    return OnnxRuntimeSession(onnx_path, threads=threads)
+def _ort(onnx_path: Path, threads: int, precision: str | None = None) -> Session:
+    return OnnxRuntimeSession(onnx_path, threads=threads, precision=precision)
 
 
 @RUNTIMES.register("openvino")
-def _openvino(onnx_path: Path, threads: int) -> Session:
+def _openvino(onnx_path: Path, threads: int, precision: str | None = None) -> Session:
     xml = export_openvino(onnx_path, onnx_path.with_suffix(".xml"))
-    return OpenVinoSession(xml, threads=threads)
+    return OpenVinoSession(xml, threads=threads, precision=precision)
+
+
+def _calibration(data: DataBundle, job: QuantizeJob) -> Any:
+    return calibration_subset(data, job.calib_batches * CALIB_BATCH, batch_size=CALIB_BATCH)
+
+
+def _ptq(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
+    return quantize(model, job.config(), calibration=_calibration(data, job),
+                    num_batches=job.calib_batches)
+
+
+def _qat(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
+    return qat(model, data.train, config=job.config(), val=data.val,
+               calibration=_calibration(data, job), num_calib_batches=job.calib_batches,
+               train_config=TrainConfig(epochs=job.qat_epochs, lr=1e-3, schedule="cosine",
+                                        threads=job.threads))
+
+
+def _dynamic(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
+    return quantize_dynamic(model, bits=job.bits)
+
+
+def _weight_only(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
+    return quantize_weight_only(model, bits=job.bits, group_size=None)
+
+
+METHODS.add("ptq", (_ptq, export_qdq))
+METHODS.add("qat", (_qat, export_qdq))
+METHODS.add("dynamic", (_dynamic, export_dynamic))        # Linear layers only
+METHODS.add("weight-only", (_weight_only, export_weight_only))  # Linear layers only
 
 
 def quantize_model(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    """The calibrated (PTQ) or fine-tuned (QAT) fake-quant model."""
-    calib = calibration_subset(data, job.calib_batches * CALIB_BATCH, batch_size=CALIB_BATCH)
-    if job.method == "ptq":
-        return quantize(model, job.config(), calibration=calib, num_batches=job.calib_batches)
-    return qat(model, data.train, config=job.config(), val=data.val, calibration=calib,
-               num_calib_batches=job.calib_batches,
-               train_config=TrainConfig(epochs=job.qat_epochs, lr=0.01, schedule="cosine",
-                                        threads=job.threads))
+    """The fake-quant model the job's method produces (calibrated, trained or dynamic)."""
+    return METHODS.get(job.method)[0](model, data, job)
 
 
 def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle) -> float:
@@ -106,9 +134,11 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     shape = data.info.input_shape
     stem = Path(job.checkpoint).stem
     prepared = quantize_model(model, data, job)
-    precision = f"w{job.bits}a8"
+    precision = f"w{job.bits}" if job.method == "weight-only" else f"w{job.bits}a8"
     fp32_path = export_onnx(model, job.out / f"{stem}-fp32.onnx", input_shape=shape)
-    int8_path = export_qdq(prepared, job.out / f"{stem}-{precision}.onnx", input_shape=shape)
+    exporter = METHODS.get(job.method)[1]
+    int8_path = exporter(prepared, job.out / f"{stem}-{job.method}-{precision}.onnx",
+                         input_shape=shape)
     opener = RUNTIMES.get(job.runtime)
     common: dict[str, Any] = {"batch_sizes": job.batch_sizes,
                               "class_names": list(data.info.class_names)}
@@ -116,7 +146,7 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                     name=f"{stem}-fp32-torch", **common)
     fp32 = evaluate(opener(fp32_path, job.threads), data.test, reference=base, model=model,
                     name=f"{stem}-fp32-{job.runtime}", **common)
-    int8_session = opener(int8_path, job.threads)
+    int8_session = opener(int8_path, job.threads, "int8" if precision == "w8a8" else precision)
     int8 = evaluate(int8_session, data.test, reference=base, model=model,
                     name=f"{stem}-{job.method}-{precision}-{job.runtime}", **common)
     int8.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, int8_session, data)

@@ -47,7 +47,7 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(), *,
 
 
 def qat(model: nn.Module, train_data: Iterable[Any], *, config: QuantConfig = QuantConfig(),
-        train_config: TrainConfig = TrainConfig(epochs=2, lr=0.01, schedule="cosine"),
+        train_config: TrainConfig = TrainConfig(epochs=2, lr=1e-3, schedule="cosine"),
         val: Iterable[Any] | None = None, calibration: Iterable[Any] | None = None,
         num_calib_batches: int = 16, freeze_observers_epoch: int | None = 1,
         lsq: bool = False, freeze_bn_epoch: int | None = None) -> nn.Module:
@@ -57,7 +57,9 @@ def qat(model: nn.Module, train_data: Iterable[Any], *, config: QuantConfig = Qu
     trained with ``fit``; observers are frozen from 0-based epoch ``freeze_observers_epoch``
     (and at the end in any case). BatchNorm is folded first (frozen statistics throughout)
     unless ``freeze_bn_epoch`` is given: then folding is simulated, BN uses batch
-    statistics until that epoch, and is folded at the end. With ``lsq=True`` the step
+    statistics until that epoch, and is folded at the end. A folded network has no
+    normalisation left, so keep the learning rate small (the default 1e-3; at 1e-2 the
+    folded default teacher once diverged to NaN within 14 steps). With ``lsq=True`` the step
     sizes are learned (LSQ) and written back as fixed qparams.
     """
     for name, epoch in (("freeze_observers_epoch", freeze_observers_epoch),
