@@ -79,22 +79,10 @@ def test_bias_correction_removes_the_mean_output_error() -> None:
 # --- end to end on real data -------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convs on shared CPUs run faster (and steadier) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
-    torch.manual_seed(0)
-    data = load_data("digits", batch_size=64)
-    model = build_model("resnet8", width=8)
-    fit(model, data.train, config=TrainConfig(epochs=3, lr=0.1))
-    model.eval()
+def digits(digits_model) -> dict[str, Any]:
+    model, data = digits_model
     return {"model": model, "val": data.val, "float": accuracy(model, data.val),
             "calib": calibration_subset(data, 256, batch_size=64)}
 

@@ -19,14 +19,6 @@ from torchslim.quant.prepare import fake_quantizers
 from torchslim.zoo import build_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny convs on shared CPUs run faster (and steadier) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _rules(prepared: nn.Module) -> collections.Counter:
     return collections.Counter(prepared.torchslim_quant["activation_quantizers"].values())

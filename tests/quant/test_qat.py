@@ -23,13 +23,6 @@ W4 = dataclasses.replace(DEFAULT_WEIGHT, bits=4)
 QUICK = TrainConfig(epochs=2, lr=0.01, schedule="cosine", channels_last=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Mlp(nn.Module):
     def __init__(self) -> None:
@@ -91,11 +84,8 @@ def test_qat_with_lsq_returns_plain_fake_quantizers() -> None:
 
 
 @pytest.mark.slow
-def test_4bit_qat_recovers_accuracy_on_digits() -> None:
-    torch.manual_seed(0)
-    data = load_data("digits", batch_size=64)
-    model = build_model("resnet8", width=8)
-    fit(model, data.train, config=TrainConfig(epochs=3, lr=0.1))
+def test_4bit_qat_recovers_accuracy_on_digits(digits_model) -> None:
+    model, data = digits_model
     float_top1 = accuracy(model, data.val)
     calib = calibration_subset(data, 256, batch_size=64)
     ptq = accuracy(quantize_model(model, QuantConfig(weight=W4), calibration=calib,

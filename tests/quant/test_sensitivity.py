@@ -24,21 +24,11 @@ FAKE = [LayerSensitivity("a", 5.0, 10.0, 100), LayerSensitivity("b", 1.0, 20.0, 
         LayerSensitivity("c", 0.0, 30.0, 400), LayerSensitivity("d", 0.0, 25.0, 40)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, Any]:
-    torch.manual_seed(0)
-    data = load_data("digits", batch_size=64)
-    model = build_model("resnet8", width=8)
-    fit(model, data.train, config=TrainConfig(epochs=3, lr=0.1))
-    return {"model": model.eval(), "val": data.val,
+def digits(digits_model) -> dict[str, Any]:
+    model, data = digits_model
+    return {"model": model, "val": data.val,
             "calib": calibration_subset(data, 128, batch_size=64)}
 
 

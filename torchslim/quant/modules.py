@@ -24,32 +24,29 @@ def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> 
     return new
 
 
-class QuantConv1d(nn.Conv1d):
+class _QuantConv:
+    """What QuantConv1d and QuantConv2d share: build from a float conv, convolve with the
+    fake-quantized weight."""
+
     weight_fake_quant: nn.Module
 
     @classmethod
-    def from_float(cls, conv: nn.Conv1d, weight_fake_quant: nn.Module) -> QuantConv1d:
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+    def from_float(cls, conv: nn.Module, weight_fake_quant: nn.Module) -> Any:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,  # type: ignore[call-arg]
                   conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                   conv.padding_mode, device="meta")
-        return _copy_into(new, conv, weight_fake_quant)  # type: ignore[return-value]
+        return _copy_into(new, conv, weight_fake_quant)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)  # type: ignore[attr-defined]
 
 
-class QuantConv2d(nn.Conv2d):
-    weight_fake_quant: nn.Module
+class QuantConv1d(_QuantConv, nn.Conv1d):
+    pass
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_fake_quant: nn.Module) -> QuantConv2d:
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                  conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                  conv.padding_mode, device="meta")
-        return _copy_into(new, conv, weight_fake_quant)  # type: ignore[return-value]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)
+class QuantConv2d(_QuantConv, nn.Conv2d):
+    pass
 
 
 class QuantLinear(nn.Linear):
