@@ -124,10 +124,15 @@ def predict(session: Session, images: np.ndarray, batch: int = 32) -> np.ndarray
 
 def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
                      batch_sizes: Sequence[int] = (1, 32), repeats: int = 20,
-                     calls: int = 3, warmup: int = 2, pause_s: float = 0.2) -> None:
-    """Median ms per call of every live candidate at each batch size, in one loop.
+                     calls: int = 3, warmup: int = 2, pause_s: float = 0.2
+                     ) -> dict[tuple[tuple[str, str, str], int], list[float]]:
+    """Median ms per call of every live candidate at each batch size, in one loop; returns
+    every round's figure per (candidate key, batch size), so ratios can also be taken
+    within a round, where the machine's speed is the same for all candidates.
 
-    Each round visits every candidate in turn; at each switch the loop sleeps ``pause_s``
+    Each round visits every candidate in turn, starting one further along each round
+    (A B C, B C A, ...) so that no candidate always follows the same one; at each switch
+    the loop sleeps ``pause_s``
     and makes ``warmup`` untimed calls, then times ``calls`` calls (their median is that
     round's figure). The result is the median over ``repeats`` rounds. A candidate that
     fails while being timed gets an ``error`` and drops out.
@@ -135,8 +140,10 @@ def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
     batches = {b: tile_batch(samples, b) for b in batch_sizes}
     times: dict[tuple[tuple[str, str, str], int], list[float]] = {}
     for r in range(repeats):
+        shift = r % max(len(candidates), 1)
+        order = [*candidates[shift:], *candidates[:shift]]
         for b, batch in batches.items():
-            for c in candidates:
+            for c in order:
                 if c.session is None:
                     continue
                 try:
@@ -156,6 +163,7 @@ def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
     for c in candidates:
         if c.session is not None:
             c.p50_ms = {b: round(float(np.median(times[(c.key, b)])), 4) for b in batch_sizes}
+    return times
 
 
 def to_row(c: Candidate, baseline: Candidate | None) -> dict[str, Any]:

@@ -17,7 +17,6 @@ median of the speed-ups over FP32 taken within each round (``paired_speedup_b*``
 from __future__ import annotations
 
 import argparse
-import logging
 import operator
 import tempfile
 import time
@@ -28,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import (Candidate, build, print_table, setup_logging, step, to_row,
-                     write_results)
+from _common import (Candidate, build, print_table, setup_logging, step, time_interleaved,
+                     to_row, write_results)
 
 from torchslim.export import export_onnx
 from torchslim.export.qdq import export_qdq, ort_fused_ops
@@ -165,41 +164,6 @@ def ort_quantize(fp32: Path, out: Path, images: np.ndarray, fmt: str) -> Path:
 # --- timing --------------------------------------------------------------------------
 
 
-def time_rounds(cands: list[Candidate], images: np.ndarray, *, batch_sizes: tuple[int, ...],
-                repeats: int, calls: int = 3, warmup: int = 2, pause_s: float = 0.2
-                ) -> dict[tuple[str, int], list[float]]:
-    """ms per call of each candidate, one value per round (median of ``calls``), all
-    candidates visited in turn within a round (A B C D, B C D A, ...: the order rotates so
-    that no candidate always follows the same one), with a pause and ``warmup`` untimed
-    calls at each switch. Keeping every round lets the ratios be taken within a round,
-    where the machine's speed is the same for all candidates."""
-    batches = {b: np.ascontiguousarray(images[np.arange(b) % len(images)]) for b in batch_sizes}
-    times: dict[tuple[str, int], list[float]] = {}
-    for r in range(repeats):
-        for b, batch in batches.items():
-            for c in cands[r % len(cands):] + cands[:r % len(cands)]:
-                if c.session is None:
-                    continue
-                try:
-                    time.sleep(pause_s)
-                    for _ in range(warmup):
-                        c.session.run(batch)
-                    per_call = []
-                    for _ in range(calls):
-                        t0 = time.perf_counter()
-                        c.session.run(batch)
-                        per_call.append(time.perf_counter() - t0)
-                except Exception as e:  # a candidate failing while timed drops out
-                    c.fail(e)
-                    continue
-                times.setdefault((c.method, b), []).append(float(np.median(per_call)) * 1e3)
-        logging.getLogger("bench").info("timing round %d/%d done", r + 1, repeats)
-    for c in cands:
-        if c.session is not None:
-            c.p50_ms = {b: round(float(np.median(times[(c.method, b)])), 3) for b in batch_sizes}
-    return times
-
-
 def paired_ratio(times: dict[tuple[str, int], list[float]], num: str, den: str,
                  b: int) -> float | None:
     """Median over rounds of ``time(num) / time(den)`` within each round."""
@@ -272,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
 
     repeats = args.repeats or (4 if args.quick else 12)
     with step(f"timing {len(cands)} candidates, {repeats} interleaved rounds"):
-        times = time_rounds(list(cands.values()), images, batch_sizes=(1, 32), repeats=repeats)
+        by_key = time_interleaved(list(cands.values()), images, batch_sizes=(1, 32),
+                                  repeats=repeats)
+    times = {(key[1], b): v for (key, b), v in by_key.items()}  # one model: method is unique
 
     base = cands["fp32"]
     rows = []
