@@ -129,6 +129,18 @@ def test_quantize_writes_an_int8_artifact_and_report(checkpoint: Path, fake_fash
     assert int8["name"].endswith("-onnxruntime") and method in int8["name"]
 
 
+@pytest.mark.slow
+def test_quantize_report_carries_the_sensitivity_table(checkpoint: Path, fake_fashion: Path,
+                                                       tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion),
+                                 "--calib-batches", "2", "--sensitivity", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    layers = json.loads((out / "report.json").read_text())["sensitivity"]["layers"]
+    html = (out / "report.html").read_text()
+    assert "Per-layer quantization sensitivity" in html and layers[0]["name"] in html
+
+
 def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["sensitivity", str(checkpoint), "--data", str(fake_fashion),
                                  "--batches", "2", "--out", str(tmp_path / "s")])

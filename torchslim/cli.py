@@ -145,7 +145,9 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
              bits: Annotated[int, typer.Option(help="Weight bits (2-8); activations are 8-bit.")] = 8,
              calib_batches: Annotated[int, typer.Option(help="Calibration batches of 32 training images.")] = 16,
              runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
-             qat_epochs: int = 1, threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
+             qat_epochs: int = 1,
+             sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Add the per-layer sensitivity table to the report.")] = False,
+             threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
              out: Annotated[Path, typer.Option(help="Directory for the artifact and report.")] = Path("runs/quantize"),
              data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
     """Quantize a checkpoint to an INT8 artifact and measure it on the chosen runtime."""
@@ -154,7 +156,8 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
 
     job = QuantizeJob(checkpoint=checkpoint, out=out, method=method, observer=observer,
                       bits=bits, calib_batches=calib_batches, runtime=runtime, threads=threads,
-                      qat_epochs=qat_epochs, batch_sizes=_parse_sizes(batch_sizes), data_root=data)
+                      qat_epochs=qat_epochs, sensitivity=sensitivity,
+                      batch_sizes=_parse_sizes(batch_sizes), data_root=data)
     result = run_quantize(job)
     print_table(result["results"], console=out_console)
     out_console.print(f"artifact: {result['artifact']}\nreport:   {result['report']['html']}")
@@ -172,27 +175,23 @@ def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.sa
     from rich.table import Table
 
     from torchslim import _io
-    from torchslim.data import calibration_subset, load_data
-    from torchslim.quant import QuantSpec
-    from torchslim.quant.config import QuantConfig
-    from torchslim.quant.sensitivity import layer_sensitivity
+    from torchslim.data import load_data
+    from torchslim.pipeline.quantize import QuantizeJob, sensitivity_report
     from torchslim.train import load_checkpoint
 
     torch.set_num_threads(threads)
     net, meta = load_checkpoint(checkpoint)
     bundle = load_data(meta.get("dataset") or "fashion-mnist", root=data)
-    config = QuantConfig(weight=QuantSpec(bits=bits, granularity="per_channel"),
-                         activation_observer=observer)
-    rows = layer_sensitivity(net, config, calibration=calibration_subset(bundle, batches * 32),
-                             data=bundle.val, num_batches=batches)
-    path = _io.write_json(out / "sensitivity.json", {
-        "checkpoint": str(checkpoint), "weight_bits": bits, "observer": observer,
-        "split": "val", "layers": [r.to_dict() for r in rows]})
+    job = QuantizeJob(checkpoint=checkpoint, bits=bits, observer=observer, calib_batches=batches,
+                      threads=threads)
+    block = sensitivity_report(net, bundle, job, num_batches=batches)
+    path = _io.write_json(out / "sensitivity.json", {"checkpoint": str(checkpoint), **block})
     table = Table(title=f"per-layer sensitivity (w{bits}a8, validation split)")
     for col in ("layer", "top-1 drop (pts)", "output SQNR (dB)", "params"):
         table.add_column(col, justify="left" if col == "layer" else "right")
-    for r in rows:
-        table.add_row(r.name, f"{r.metric_drop:+.2f}", f"{r.sqnr_db:.1f}", f"{r.params:,}")
+    for r in block["layers"]:
+        table.add_row(r["name"], f"{r['metric_drop']:+.2f}", f"{r['sqnr_db']:.1f}",
+                      f"{r['params']:,}")
     out_console.print(table)
     out_console.print(f"json: {path}")
 

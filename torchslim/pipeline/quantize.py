@@ -25,6 +25,7 @@ from torchslim.export import (export_dynamic, export_onnx, export_openvino, expo
 from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import QuantConfig
+from torchslim.quant.sensitivity import layer_sensitivity
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session, TorchSession
 from torchslim.train import TrainConfig, load_checkpoint
@@ -48,6 +49,7 @@ class QuantizeJob:
     runtime: str = "onnxruntime"     # where the artifact is measured
     threads: int = 2
     qat_epochs: int = 1
+    sensitivity: bool = False        # add the per-layer sensitivity table to the report
     batch_sizes: tuple[int, ...] = (1, 32)
     data_root: Path | None = None
 
@@ -114,6 +116,16 @@ def quantize_model(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.M
     return METHODS.get(job.method)[0](model, data, job)
 
 
+def sensitivity_report(model: nn.Module, data: DataBundle, job: QuantizeJob,
+                       *, num_batches: int = 8) -> dict[str, Any]:
+    """Each layer quantized alone at the job's settings, most sensitive first, scored on the
+    validation split (the test split stays untouched for the final figures)."""
+    rows = layer_sensitivity(model, job.config(), calibration=_calibration(data, job),
+                             data=data.val, num_batches=num_batches)
+    return {"weight_bits": job.bits, "observer": job.observer, "split": "val",
+            "layers": [r.to_dict() for r in rows]}
+
+
 def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle) -> float:
     """Share of test images on which the artifact and the fake-quant model agree."""
     same = total = 0
@@ -151,10 +163,13 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                     name=f"{stem}-{job.method}-{precision}-{job.runtime}", **common)
     int8.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, int8_session, data)
     base.agreement, base.cosine = 1.0, 1.0
+    extra: dict[str, Any] = {"quantization": _describe(prepared, job)}
+    if job.sensitivity:
+        extra["sensitivity"] = sensitivity_report(model, data, job)
     paths = write_report(job.out, baseline=base, candidates=[fp32, int8],
                          dataset={"name": data.info.name, "split": "test", "n": base.n},
                          class_names=list(data.info.class_names), title="torchslim quantize",
-                         extra={"quantization": _describe(prepared, job)})
+                         extra=extra)
     return {"report": paths, "results": [base, fp32, int8], "artifact": int8_path}
 
 

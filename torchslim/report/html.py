@@ -110,4 +110,20 @@ def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> s
         figures=_figures(candidates, baseline, names),
         confusion=_confusion(base, names), class_names=names,
         worst=_worst(candidates, base, names), candidates=candidates,
+        sensitivity=_sensitivity(report),
         machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
+
+
+def _sensitivity(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-layer sensitivity table, when the report carries one (``quantize
+    --sensitivity``): most sensitive first, as ``layer_sensitivity`` sorts it."""
+    block = report.get("sensitivity")
+    if not block or not block.get("layers"):
+        return None
+    rows = [[r["name"], f"{r['metric_drop']:+.2f}", f"{r['sqnr_db']:.1f}", f"{r['params']:,}"]
+            for r in block["layers"]]
+    note = (f"Each layer quantized alone (w{block.get('weight_bits', '?')}a8, observer "
+            f"{block.get('observer', '?')}), the rest in float, scored on the "
+            f"{block.get('split', '?')} split in PyTorch (fake quantization).")
+    return {"headers": ["layer", "top-1 drop (pts)", "output SQNR (dB)", "params"],
+            "rows": rows, "note": note}
