@@ -380,7 +380,7 @@ def run_model(name: str, args: argparse.Namespace, data: DataBundle | Exception 
         for c in everyone:
             c.fail(e)
         return [to_row(c, None) for c in everyone]
-    if isinstance(data, DataBundle):
+    if fashion and isinstance(data, DataBundle):  # data is loaded when any model needs it
         calib, _ = stack_images(calibration_subset(data, args.calib))
         images, labels = stack_images(data.test)
         samples = images[:32]
