@@ -21,6 +21,14 @@ def _chromium() -> str | None:
     return None
 
 
+def _run_headless(chromium: str, tmp_path, *args: str) -> str:
+    """Chromium headless with this machine's closed network in mind; returns stdout."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout
+
+
 def _result(name, runtime, precision, shift, speed, nbytes, seed):
     rng = np.random.default_rng(seed)
     per_class = np.clip(np.array([0.86, 0.98, 0.86, 0.91, 0.87, 0.98, 0.72, 0.96, 0.98, 0.96])
@@ -62,11 +70,8 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
     if chromium is None:
         pytest.skip("chromium not installed")
     shot = tmp_path / "shot.png"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-           f"--screenshot={shot}", "--window-size=1280,2400", report_html.as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+    _run_headless(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400",
+                  report_html.as_uri())
     assert shot.is_file()
     pixels = mpimg.imread(str(shot))[..., :3]  # (H, W, 3) floats in [0, 1]
     assert pixels.shape[0] >= 1000 and pixels.std() > 0.05
@@ -86,11 +91,8 @@ def test_every_plot_decodes_in_headless_chromium(report_html, tmp_path):
               "[...document.images].map(i => i.naturalWidth + 'x' + i.naturalHeight).join(',');"
               "});</script>")
     probe.write_text(report_html.read_text().replace("</body>", script + "</body>"))
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False).stdout
+    dom = _run_headless(chromium, tmp_path, "--virtual-time-budget=5000", "--dump-dom",
+                        probe.as_uri())
     title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
     assert title.startswith("sizes:"), title
     sizes = [tuple(int(v) for v in s.split("x")) for s in title[len("sizes:"):].split(",")]
