@@ -20,28 +20,26 @@ _DASH = "—"
 _MACHINE_KEYS = ("cpu", "cores", "platform")  # what makes two timings comparable
 
 
-def human_bytes(n: float | None) -> str:
-    """1085000 -> "1.1 MB" (SI units, like file managers)."""
+def _si(n: float | None, units: tuple[str, ...], sep: str) -> str:
+    """``n`` scaled by 1000 per step of ``units``; whole numbers below the first step."""
     if n is None:
         return _DASH
     value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(value) < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for i, unit in enumerate(units):
+        if abs(value) < 1000 or i == len(units) - 1:
+            return f"{value:.0f}{sep}{unit}" if i == 0 else f"{value:.1f}{sep}{unit}"
         value /= 1000.0
-    return f"{value:.1f} GB"
+    raise AssertionError("unreachable")
+
+
+def human_bytes(n: float | None) -> str:
+    """1085000 -> "1.1 MB" (SI units, like file managers)."""
+    return _si(n, ("B", "KB", "MB", "GB"), " ")
 
 
 def human_count(n: float | None) -> str:
     """270000 -> "270.0K", 41000000 -> "41.0M"."""
-    if n is None:
-        return _DASH
-    value = float(n)
-    for unit in ("", "K", "M", "G"):
-        if abs(value) < 1000 or unit == "G":
-            return f"{value:.0f}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1000.0
-    return f"{value:.1f}G"
+    return _si(n, ("", "K", "M", "G"), "")
 
 
 def candidates_of(report_or_results: Any) -> tuple[list[Candidate], str]:
