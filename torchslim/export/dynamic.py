@@ -7,6 +7,12 @@ Dynamic (:func:`export_dynamic`): each quantized Linear becomes what
     x -> DynamicQuantizeLinear -> (x_q u8, x_scale, x_zp)
     MatMulInteger(x_q, W_q s8 [in, out], x_zp, 0) -> Cast(float) -> Mul(x_scale * w_scale) -> Add(bias)
 
+Each :class:`~torchslim.quant.dynamic.DynamicQuantLSTM` is exported as a float
+``nn.LSTM`` (one ONNX ``LSTM`` node per layer) whose nodes are then replaced by
+``com.microsoft`` ``DynamicQuantizeLSTM``: int8 W ``[D, in, 4H]`` / R ``[D, H, 4H]``
+(transposed vs ``LSTM``, gate order iofc), per-row scales ``[D, 4H]``, int8 zero points 0,
+and the LSTM node's B, sequence_lens, initial_h / initial_c unchanged.
+
 ``DynamicQuantizeLinear`` is per tensor, so only models quantized with
 ``per_token=False`` (the default) export; their torch simulation computes the same grid.
 
@@ -22,6 +28,7 @@ float-activation torch simulation.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from torch import nn
 
 from torchslim import _io
@@ -40,7 +48,7 @@ from torchslim.export._onnx_graph import (GraphIndex, _digest, attribute,
 from torchslim.export.qdq import (OPSET, BakedWeight, _bake_weights_, _copy_model,
                                   _torch_export, _weight_qparams)
 from torchslim.quant.affine import dequantize, quantize
-from torchslim.quant.dynamic import DynamicActivationQuant
+from torchslim.quant.dynamic import DynamicActivationQuant, DynamicQuantLSTM
 from torchslim.quant.fake_quant import FakeQuantize
 
 logger = logging.getLogger(__name__)
@@ -76,24 +84,147 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
     Runtime runs with integer MatMul kernels. ``input_shape`` excludes the (dynamic)
     batch axis; ``model`` is left untouched."""
     m = _copy_model(model).eval().cpu()
+    lstms = _bake_lstms_(m)
     _drop_dynamic_quantizers_(m)
     baked = _bake_weights_(m)
-    if not baked:
+    if not baked and not lstms:
         raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
                                     "run torchslim.quant.quantize_dynamic first")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "float.onnx"
         _torch_export(m, raw, input_shape, opset)
         proto = onnx.load(str(raw))
-    found = _rewrite_integer_matmuls_(proto, baked)
+    found = _rewrite_integer_matmuls_(proto, baked) if baked else set()
+    lstm_found = _rewrite_lstms_(proto, lstms) if lstms else set()
+    lstm_missing = sorted({x.module for x in lstms} - lstm_found)
+    if lstm_missing:
+        raise ArtifactError(f"{', '.join(lstm_missing)}: no ONNX LSTM node with these "
+                            "weights in the exported graph; cannot write DynamicQuantizeLSTM")
     missing = [b.module for b in baked if b.module not in found]
     if missing:
         logger.warning("%s: no MatMul/Gemm with this weight in the exported graph; kept "
                        "float (fake-quantized weight values)", ", ".join(missing))
     onnx.checker.check_model(proto)
     out = _io.write_bytes(path, proto.SerializeToString())
-    logger.info("exported %s: %d integer MatMuls, %d bytes", out, len(found), out.stat().st_size)
+    logger.info("exported %s: %d integer MatMuls, %d DynamicQuantizeLSTM layers, %d bytes",
+                out, len(found), len(lstms), out.stat().st_size)
     return out
+
+
+# --- dynamic LSTM --------------------------------------------------------------------
+
+MS_DOMAIN = "com.microsoft"
+_IOFC = (0, 3, 1, 2)  # ONNX gate block k is torch's (i, f, g, o) block _IOFC[k]
+
+
+@dataclass(frozen=True)
+class BakedLSTMLayer:
+    """One layer (all directions) of a DynamicQuantLSTM, in ONNX LSTM layout (iofc)."""
+
+    module: str
+    layer: int
+    w_q: np.ndarray  # (D, 4H, in) int8
+    w_scale: np.ndarray  # (D, 4H) float32
+    r_q: np.ndarray  # (D, 4H, H) int8
+    r_scale: np.ndarray  # (D, 4H) float32
+
+    def w_float(self) -> np.ndarray:
+        """What the float export writes as the LSTM node's W: ``q * s``, (D, 4H, in)."""
+        return self.w_q.astype(np.float32) * self.w_scale[:, :, None]
+
+
+def _to_iofc(a: np.ndarray, hidden: int) -> np.ndarray:
+    """Reorder the gate blocks of axis 0 from torch's (i, f, g, o) to ONNX's (i, o, f, c)."""
+    return np.concatenate([a[k * hidden:(k + 1) * hidden] for k in _IOFC], axis=0)
+
+
+def _bake_lstms_(model: nn.Module) -> list[BakedLSTMLayer]:
+    """Replace each DynamicQuantLSTM by a float nn.LSTM holding its fake-quantized weights
+    (the exporter writes an ONNX LSTM node per layer); return its int8 weights per layer."""
+    records = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, DynamicQuantLSTM):
+            continue
+        lstm, hidden = module.lstm, module.lstm.hidden_size
+        plain = copy.deepcopy(lstm)
+        for layer in range(lstm.num_layers):
+            parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"ih": [], "hh": []}
+            for d in range(module.num_directions):
+                for kind in ("ih", "hh"):
+                    pname = f"weight_{kind}_l{layer}{'_reverse' if d else ''}"
+                    weight = getattr(lstm, pname).detach().float()
+                    scale, zp, spec = _weight_qparams(f"{name}.{pname}",
+                                                      module.weight_quant[pname], weight)
+                    if spec is None or spec.granularity != "per_channel" or not spec.signed \
+                            or torch.any(zp != 0):
+                        raise UnsupportedModelError(f"{name}.{pname}: DynamicQuantizeLSTM needs "
+                                                    "s8 per-row symmetric weights")
+                    q = quantize(weight, scale, zp, spec)  # (4H, in) int8
+                    getattr(plain, pname).data.copy_(dequantize(q, scale, zp, spec))
+                    parts[kind].append((_to_iofc(q.numpy(), hidden),
+                                        _to_iofc(scale.float().reshape(-1).numpy(), hidden)))
+            records.append(BakedLSTMLayer(
+                module=name, layer=layer,
+                w_q=np.stack([q for q, _ in parts["ih"]]),
+                w_scale=np.stack([s for _, s in parts["ih"]]).astype(np.float32),
+                r_q=np.stack([q for q, _ in parts["hh"]]),
+                r_scale=np.stack([s for _, s in parts["hh"]]).astype(np.float32)))
+        parent, _, attr = name.rpartition(".")
+        if not name:
+            raise UnsupportedModelError("the model itself is a DynamicQuantLSTM; wrap it in a "
+                                        "module that returns a tensor to export it")
+        setattr(model.get_submodule(parent), attr, plain)
+    return records
+
+
+def _rewrite_lstms_(model: onnx.ModelProto, records: list[BakedLSTMLayer]) -> set[str]:
+    """Replace each ONNX LSTM whose W is a recorded layer's by com.microsoft's
+    DynamicQuantizeLSTM with int8 W / R; returns the module names fully rewritten."""
+    graph = model.graph
+    constants_to_initializers_(graph)
+    index = GraphIndex(graph)
+    lookup: dict[tuple, BakedLSTMLayer] = {}
+    for r in records:  # layers with equal weights: the exporter may share one initializer
+        lookup.setdefault(_digest(r.w_float()), r)
+    nodes, done = [], []
+    for node in graph.node:
+        w = index.constant(node.input[1]) if node.op_type == "LSTM" else None
+        rec = lookup.get(_digest(w)) if w is not None and w.dtype == np.float32 else None
+        if rec is None:
+            nodes.append(node)
+            continue
+        if attribute(node, "layout", 0) != 0:
+            raise UnsupportedModelError(f"{node.name}: LSTM layout=1 has no DynamicQuantizeLSTM form")
+        base = f"{rec.module or 'lstm'}_l{rec.layer}"
+        w_q = index.add_initializer(f"{base}_W_quantized",
+                                    np.ascontiguousarray(rec.w_q.transpose(0, 2, 1)))  # (D, in, 4H)
+        r_q = index.add_initializer(f"{base}_R_quantized",
+                                    np.ascontiguousarray(rec.r_q.transpose(0, 2, 1)))  # (D, H, 4H)
+        w_s = index.add_initializer(f"{base}_W_scale", rec.w_scale)  # (D, 4H)
+        w_z = index.add_initializer(f"{base}_W_zero_point", np.zeros(rec.w_scale.shape, np.int8))
+        r_s = index.add_initializer(f"{base}_R_scale", rec.r_scale)
+        r_z = index.add_initializer(f"{base}_R_zero_point", np.zeros(rec.r_scale.shape, np.int8))
+        ins = list(node.input) + [""] * (8 - len(node.input))
+        ins[1], ins[2] = w_q, r_q
+        attrs = [a for a in node.attribute if a.name != "layout"]
+        new = onnx.helper.make_node("DynamicQuantizeLSTM", ins + [w_s, w_z, r_s, r_z],
+                                    list(node.output), name=index.fresh(f"{base}_DynamicQuantizeLSTM"),
+                                    domain=MS_DOMAIN)
+        new.attribute.extend(attrs)
+        nodes.append(new)
+        done.append(rec)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_dead(graph)
+    if done and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    def rewritten(x: BakedLSTMLayer) -> bool:
+        return any(np.array_equal(x.w_q, y.w_q) and np.array_equal(x.w_scale, y.w_scale)
+                   and np.array_equal(x.r_q, y.r_q) and np.array_equal(x.r_scale, y.r_scale)
+                   for y in done)
+
+    return {r.module for r in records
+            if all(rewritten(x) for x in records if x.module == r.module)}
 
 
 def _drop_dynamic_quantizers_(model: nn.Module) -> None:

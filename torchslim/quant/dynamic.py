@@ -11,10 +11,15 @@ By default the activation grid is **per tensor**: that is what ONNX Runtime's
 the last dim (per token of a ``(batch, seq, d)`` input); it is more accurate but exists
 in torch only; ONNX Runtime has no per-token dynamic quantization op.
 
-Out of scope: ``nn.LSTM`` / ``nn.GRU`` (their projections are fused parameters, not
-Linear modules), and ``nn.MultiheadAttention``, whose ``in_proj_weight`` and
-``out_proj.weight`` are read directly by ``F.multi_head_attention_forward``. Both are
-kept in float, with an INFO log naming them.
+``nn.LSTM`` is opt-in (``layers=(nn.Linear, nn.LSTM)``): each becomes a
+:class:`DynamicQuantLSTM` that computes what ONNX Runtime's ``com.microsoft``
+``DynamicQuantizeLSTM`` computes (s8 per-row W / R, u8 per-tensor dynamic activations:
+the layer input once per layer, ``h_{t-1}`` once per step; float gates).
+
+Out of scope: ``nn.GRU`` / ``nn.RNN`` (their projections are fused parameters, not
+Linear modules), LSTMs not selected, and ``nn.MultiheadAttention``, whose
+``in_proj_weight`` and ``out_proj.weight`` are read directly by
+``F.multi_head_attention_forward``. They are kept in float, with an INFO log naming them.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from torchslim.quant.modules import QuantLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DynamicActivationQuant", "DynamicQuantLinear", "quantize_dynamic",
+__all__ = ["DynamicActivationQuant", "DynamicQuantLinear", "DynamicQuantLSTM", "quantize_dynamic",
            "frozen_weight_quantizer", "check_skip", "keep_module_forward_"]
 
 _FLOAT_ONLY = (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN)
@@ -85,6 +90,98 @@ class DynamicQuantLinear(QuantLinear):
         return F.linear(self.input_quant(x), self.weight_fake_quant(self.weight), self.bias)
 
 
+class DynamicQuantLSTM(nn.Module):
+    """An ``nn.LSTM`` computed as ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM``.
+
+    Weights ``W`` (input) and ``R`` (recurrent) of each layer and direction pass through a
+    frozen s8 per-output-row symmetric :class:`FakeQuantize`. Activations are u8 per tensor,
+    computed at run time like ORT's kernel does: the layer input sequence once per layer
+    (all time steps and batch rows together; both directions see the same grid) and the
+    hidden state ``h_{t-1}`` once per step (whole batch). Gates, bias and cell state are
+    float. Inference only (no dropout between layers); no ``proj_size``, no PackedSequence.
+    """
+
+    def __init__(self, lstm: nn.LSTM, *, bits: int = 8) -> None:
+        super().__init__()
+        if lstm.proj_size:
+            raise ConfigError("dynamic quantization of nn.LSTM with proj_size > 0 is not "
+                              "supported (DynamicQuantizeLSTM has no projection)")
+        self.lstm = lstm  # float parameters (the same tensors as the input model's copy)
+        spec = QuantSpec(bits=bits, granularity="per_channel", axis=0)
+        self.weight_quant = nn.ModuleDict({
+            name: frozen_weight_quantizer(getattr(lstm, name), spec)
+            for name in self.weight_names()})
+        self.act_quant = DynamicActivationQuant(bits=8, per_token=False)
+
+    @classmethod
+    def from_lstm(cls, lstm: nn.LSTM, *, bits: int = 8) -> DynamicQuantLSTM:
+        return cls(lstm, bits=bits)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.lstm.bidirectional else 1
+
+    def weight_names(self) -> list[str]:
+        """``weight_ih_l{k}[_reverse]`` and ``weight_hh_l{k}[_reverse]`` of every layer."""
+        return [f"weight_{kind}_l{layer}{'_reverse' if d else ''}"
+                for layer in range(self.lstm.num_layers) for d in range(self.num_directions)
+                for kind in ("ih", "hh")]
+
+    def quantized_weight(self, name: str) -> Tensor:
+        """The fake-quantized ``(4 * hidden, in)`` weight, torch gate order i, f, g, o."""
+        return self.weight_quant[name](getattr(self.lstm, name))
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        lstm = self.lstm
+        if not isinstance(input, Tensor):
+            raise ConfigError("DynamicQuantLSTM does not take PackedSequence inputs")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if lstm.batch_first
+                                                  else input)  # (T, N, in)
+        steps, batch = x.shape[0], x.shape[1]
+        dirs, hidden = self.num_directions, lstm.hidden_size
+        if hx is None:
+            zeros = x.new_zeros(lstm.num_layers * dirs, batch, hidden)
+            h0, c0 = zeros, zeros
+        else:
+            h0, c0 = (t.unsqueeze(1) if unbatched else t for t in hx)
+        h_n, c_n = [], []
+        layer_in = x
+        for layer in range(lstm.num_layers):
+            x_q = self.act_quant(layer_in)  # one u8 grid for the whole layer input
+            outs = []
+            for d in range(dirs):
+                sfx = f"_l{layer}{'_reverse' if d else ''}"
+                w = self.quantized_weight("weight_ih" + sfx)
+                r = self.quantized_weight("weight_hh" + sfx)
+                gates_x = x_q @ w.T  # (T, N, 4H)
+                if lstm.bias:
+                    gates_x = gates_x + (getattr(lstm, "bias_ih" + sfx)
+                                         + getattr(lstm, "bias_hh" + sfx))
+                h, c = h0[layer * dirs + d], c0[layer * dirs + d]
+                ys: list[Tensor] = [x.new_empty(0)] * steps
+                for t in (reversed(range(steps)) if d else range(steps)):
+                    g = gates_x[t] + self.act_quant(h) @ r.T  # h: one grid per step
+                    i, f, gg, o = g.chunk(4, dim=-1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    ys[t] = h
+                outs.append(torch.stack(ys))
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = torch.cat(outs, dim=-1) if dirs == 2 else outs[0]
+        out, h_out, c_out = layer_in, torch.stack(h_n), torch.stack(c_n)
+        if unbatched:
+            return out.squeeze(1), (h_out.squeeze(1), c_out.squeeze(1))
+        if lstm.batch_first:
+            out = out.transpose(0, 1)
+        return out, (h_out, c_out)
+
+    def extra_repr(self) -> str:
+        return f"{self.lstm.extra_repr()}, dynamic u8 activations, s8 per-row weights"
+
+
 def _no_op_hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
     return None
 
@@ -121,10 +218,34 @@ def check_skip(model: nn.Module, skip: Sequence[str]) -> tuple[str, ...]:
 
 
 def _float_only_note(model: nn.Module) -> None:
-    kept = [n or "(root)" for n, m in model.named_modules() if isinstance(m, _FLOAT_ONLY)]
+    kept = [n or "(root)" for n, m in model.named_modules() if isinstance(m, _FLOAT_ONLY)
+            and not _inside_quant_lstm(model, n)]
     if kept:
         logger.info("kept in float (weights read directly by fused kernels, out of scope "
                     "for dynamic quantization): %s", ", ".join(kept))
+
+
+def _inside_quant_lstm(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:k])), DynamicQuantLSTM)
+               for k in range(1, len(parts)))
+
+
+def _quantize_lstms_(model: nn.Module, bits: int, skip: tuple[str, ...]) -> None:
+    count = 0
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.LSTM:
+            continue
+        if any(matches(p, name) for p in skip):
+            logger.info("%s: in skip list, kept in float", name)
+            continue
+        parent, _, attr = name.rpartition(".")
+        if not name:
+            raise ConfigError("the model itself is an nn.LSTM; wrap it in a module to "
+                              "quantize it")
+        setattr(model.get_submodule(parent), attr, DynamicQuantLSTM.from_lstm(module, bits=bits))
+        count += 1
+    logger.info("dynamic quantization: %d LSTM layers quantized", count)
 
 
 def quantize_dynamic(model: nn.Module, *, bits: int = 8,
@@ -133,18 +254,31 @@ def quantize_dynamic(model: nn.Module, *, bits: int = 8,
     """A copy of ``model`` whose ``nn.Linear`` layers use s8 per-channel weights and u8
     activations quantized at run time (per tensor, or per token with ``per_token``).
 
+    ``layers`` picks the layer types: ``nn.Linear`` (default) and / or ``nn.LSTM`` (each
+    becomes a :class:`DynamicQuantLSTM`; ``per_token`` does not apply to it).
+
     ``skip`` holds layer names or regexes kept in float. ``model`` is left untouched.
     """
-    unsupported = [t.__name__ for t in layers if t is not nn.Linear]
+    layers = tuple(layers)
+    unsupported = [t.__name__ for t in layers if t not in (nn.Linear, nn.LSTM)]
     if unsupported:
         raise ConfigError(f"layers={unsupported} are not supported by dynamic quantization; "
-                          "only nn.Linear is (LSTM / attention weights stay float)")
+                          "only nn.Linear and nn.LSTM are (GRU / attention weights stay float)")
+    if nn.LSTM in layers and not any(type(m) is nn.LSTM for m in model.modules()):
+        raise ConfigError(f"layers names nn.LSTM but {type(model).__name__} has no LSTM "
+                          "module")
     skip = check_skip(model, skip)
     new = copy.deepcopy(model)
+    if nn.LSTM in layers:
+        _quantize_lstms_(new, bits, skip)
     _float_only_note(new)
     count = 0
+    if nn.Linear not in layers:
+        return new
     for name, module in list(new.named_modules()):
         if type(module) is not nn.Linear:  # exact: out_proj of attention is a subclass
+            continue
+        if _inside_quant_lstm(new, name):
             continue
         if any(matches(p, name) for p in skip):
             logger.info("%s: in skip list, kept in float", name)
