@@ -140,7 +140,7 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
 
 @command()
 def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to quantize.")],
-             method: Annotated[str, typer.Option(help="ptq, qat, dynamic or weight-only (the last two: Linear layers only).")] = "ptq",
+             method: Annotated[str, typer.Option(help="ptq, qat, dynamic (Linear, LSTM) or weight-only (Linear).")] = "ptq",
              observer: Annotated[str, typer.Option(help="Activation observer: minmax, moving_average, percentile, entropy, mse.")] = "minmax",
              bits: Annotated[int, typer.Option(help="Weight bits (2-8); activations are 8-bit.")] = 8,
              calib_batches: Annotated[int, typer.Option(help="Calibration batches of 32 training images.")] = 16,

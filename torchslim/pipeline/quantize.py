@@ -98,7 +98,9 @@ def _qat(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
 
 
 def _dynamic(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    return quantize_dynamic(model, bits=job.bits)
+    has_lstm = any(isinstance(m, nn.LSTM) for m in model.modules())
+    layers = (nn.Linear, nn.LSTM) if has_lstm else (nn.Linear,)
+    return quantize_dynamic(model, bits=job.bits, layers=layers)
 
 
 def _weight_only(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
@@ -107,7 +109,7 @@ def _weight_only(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Mod
 
 METHODS.add("ptq", (_ptq, export_qdq))
 METHODS.add("qat", (_qat, export_qdq))
-METHODS.add("dynamic", (_dynamic, export_dynamic))        # Linear layers only
+METHODS.add("dynamic", (_dynamic, export_dynamic))        # Linear and LSTM layers
 METHODS.add("weight-only", (_weight_only, export_weight_only))  # Linear layers only
 
 
