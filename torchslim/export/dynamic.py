@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +39,12 @@ import onnx
 import torch
 from torch import nn
 
-from torchslim import _io
 from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
 from torchslim.export._onnx_graph import (GraphIndex, _digest, attribute,
                                           constants_to_initializers_, remove_dead,
                                           rewrite_weights_)
 from torchslim.export.qdq import (OPSET, BakedWeight, _bake_weights_, _copy_model,
-                                  _torch_export, _weight_qparams)
+                                  _export_proto, _weight_qparams, _write_checked)
 from torchslim.quant.affine import dequantize, quantize
 from torchslim.quant.dynamic import DynamicActivationQuant, DynamicQuantLSTM
 from torchslim.quant.fake_quant import FakeQuantize
@@ -90,10 +88,7 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
     if not baked and not lstms:
         raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
                                     "run torchslim.quant.quantize_dynamic first")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "float.onnx"
-        _torch_export(m, raw, input_shape, opset)
-        proto = onnx.load(str(raw))
+    proto = _export_proto(m, input_shape, opset)
     found = _rewrite_integer_matmuls_(proto, baked) if baked else set()
     lstm_found = _rewrite_lstms_(proto, lstms) if lstms else set()
     lstm_missing = sorted({x.module for x in lstms} - lstm_found)
@@ -104,8 +99,7 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
     if missing:
         logger.warning("%s: no MatMul/Gemm with this weight in the exported graph; kept "
                        "float (fake-quantized weight values)", ", ".join(missing))
-    onnx.checker.check_model(proto)
-    out = _io.write_bytes(path, proto.SerializeToString())
+    out = _write_checked(proto, path)
     logger.info("exported %s: %d integer MatMuls, %d DynamicQuantizeLSTM layers, %d bytes",
                 out, len(found), len(lstms), out.stat().st_size)
     return out
@@ -347,10 +341,7 @@ def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
     if not baked and not grouped:
         raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
                                     "run torchslim.quant.quantize_weight_only first")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "float.onnx"
-        _torch_export(m, raw, input_shape, opset)
-        proto = onnx.load(str(raw))
+    proto = _export_proto(m, input_shape, opset)
     found, _ = rewrite_weights_(proto, baked)
     if grouped:
         proto = _to_opset(proto, BLOCKED_DQ_OPSET)
@@ -359,8 +350,7 @@ def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
     if missing:
         logger.warning("%s: weight not found in the exported graph; kept float "
                        "(fake-quantized values)", ", ".join(missing))
-    onnx.checker.check_model(proto)
-    out = _io.write_bytes(path, proto.SerializeToString())
+    out = _write_checked(proto, path)
     logger.info("exported %s: %d int8 weights (%d per group), %d bytes",
                 out, len(found), len(grouped), out.stat().st_size)
     return out

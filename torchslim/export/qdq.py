@@ -26,7 +26,6 @@ import copy
 import logging
 import os
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 from torchslim import _io
 from torchslim.export._onnx_graph import rewrite_weights_
+from torchslim.export.onnx import export_onnx
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.quant.affine import QuantSpec, dequantize, quantize
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
@@ -85,18 +85,14 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *,
         raise UnsupportedModelError(
             f"{type(prepared).__name__} has no quantized Conv/Linear (no module with a "
             "weight_fake_quant); prepare it with torchslim.quant first")
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "fake_quant.onnx"
-        _torch_export(model, raw, input_shape, opset)
-        proto = onnx.load(str(raw))
+    proto = _export_proto(model, input_shape, opset)
     found, biases = rewrite_weights_(proto, baked)
     missing = [b.module for b in baked if b.module not in found]
     if missing:
         logger.warning("weights of %s were not found as Conv/Gemm/MatMul initializers in "
                        "the exported graph; they stay float (fake-quantized values)",
                        ", ".join(missing))
-    onnx.checker.check_model(proto)
-    out = _io.write_bytes(path, proto.SerializeToString())
+    out = _write_checked(proto, path)
     logger.info("exported %s: %d int8 weights, %d int32 biases, %d bytes",
                 out, len(found), biases, out.stat().st_size)
     return out
@@ -267,16 +263,14 @@ def _replace_activation_quantizers_(model: nn.Module) -> None:
         setattr(model.get_submodule(parent_name), attr, new)
 
 
-def _torch_export(model: nn.Module, path: Path, input_shape: tuple[int, ...], opset: int) -> None:
-    example = torch.zeros(2, *input_shape)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=["input"],
-                              output_names=["logits"], opset_version=opset,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              do_constant_folding=True, dynamo=False)
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UnsupportedModelError(f"cannot export {type(model).__name__} to QDQ ONNX: "
-                                    f"{first}") from e
+def _export_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
+    """The graph torch.onnx writes for ``model`` (through ``export_onnx``), loaded for the
+    integer rewrites to edit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = export_onnx(model, Path(tmp) / "raw.onnx", input_shape=input_shape, opset=opset)
+        return onnx.load(str(raw))
+
+
+def _write_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    onnx.checker.check_model(proto)
+    return _io.write_bytes(path, proto.SerializeToString())
