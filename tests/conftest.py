@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +45,26 @@ def fake_fashion(tmp_path: Path) -> Path:
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+class _TinyLSTM(nn.Module):
+    """(N, T=12, 16) -> LSTM(16, 32, 2 layers) -> last step -> Linear(., 5)."""
+
+    def __init__(self, bidirectional: bool = False, batch_first: bool = True) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=batch_first,
+                            bidirectional=bidirectional)
+        self.head = nn.Linear(64 if bidirectional else 32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, T, 16)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        y, _ = self.lstm(x)
+        return self.head(y[:, -1] if self.batch_first else y[-1])
+
+
+@pytest.fixture
+def tiny_lstm():
+    """Builder for a small LSTM classifier (quantization and export tests share it)."""
+    return _TinyLSTM

@@ -18,21 +18,6 @@ from torchslim.quant import quantize_dynamic
 ort = pytest.importorskip("onnxruntime")
 
 
-class TinyLSTM(nn.Module):
-    def __init__(self, bidirectional: bool = False, batch_first: bool = True) -> None:
-        super().__init__()
-        self.batch_first = batch_first
-        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=batch_first,
-                            bidirectional=bidirectional)
-        self.head = nn.Linear(64 if bidirectional else 32, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, T=12, 16)
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        y, _ = self.lstm(x)
-        return self.head(y[:, -1] if self.batch_first else y[-1])
-
-
 def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -42,10 +27,10 @@ def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_ort_dynamic_quantize_lstm_matches_torch(tmp_path: Path, bidirectional: bool,
+def test_ort_dynamic_quantize_lstm_matches_torch(tmp_path: Path, tiny_lstm, bidirectional: bool,
                                                  batch_first: bool) -> None:
     torch.manual_seed(0)
-    q = quantize_dynamic(TinyLSTM(bidirectional, batch_first).eval(),
+    q = quantize_dynamic(tiny_lstm(bidirectional, batch_first).eval(),
                          layers=(nn.Linear, nn.LSTM))
     path = export_dynamic(q, tmp_path / "m.onnx", input_shape=(12, 16))
     proto = onnx.load(str(path))
@@ -63,9 +48,9 @@ def test_ort_dynamic_quantize_lstm_matches_torch(tmp_path: Path, bidirectional: 
     assert (out.argmax(-1) == ref.argmax(-1)).mean() >= 0.99
 
 
-def test_lstm_weights_are_int8_in_the_op_layout(tmp_path: Path) -> None:
+def test_lstm_weights_are_int8_in_the_op_layout(tmp_path: Path, tiny_lstm) -> None:
     torch.manual_seed(0)
-    model = TinyLSTM(bidirectional=True).eval()
+    model = tiny_lstm(bidirectional=True).eval()
     fp32 = onnx.load(str(export_onnx(model, tmp_path / "fp32.onnx", input_shape=(12, 16))))
     q = quantize_dynamic(model, layers=(nn.Linear, nn.LSTM))
     graph = onnx.load(str(export_dynamic(q, tmp_path / "q.onnx", input_shape=(12, 16)))).graph

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from torchslim.data import calibration_subset, load_data
+from torchslim.data import calibration_subset
 from torchslim.errors import ConfigError
 from torchslim.quant import QuantConfig, calibrate_, prepare, quantize_model
 from torchslim.quant.config import DEFAULT_WEIGHT
 from torchslim.quant.prepare import fake_quantizers
-from torchslim.train import TrainConfig, accuracy, fit
-from torchslim.zoo import build_model
+from torchslim.train import accuracy
 
 
 class TwoLinear(nn.Module):

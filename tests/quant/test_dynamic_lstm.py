@@ -12,31 +12,14 @@ from torchslim.quant.affine import sqnr_db
 from torchslim.quant.dynamic import DynamicQuantLinear, DynamicQuantLSTM, quantize_dynamic
 
 
-class TinyLSTM(nn.Module):
-    """(N, T=12, 16) -> LSTM(16, 32, 2 layers) -> last step -> Linear(., 5)."""
-
-    def __init__(self, bidirectional: bool = False, batch_first: bool = True) -> None:
-        super().__init__()
-        self.batch_first = batch_first
-        self.lstm = nn.LSTM(16, 32, num_layers=2, batch_first=batch_first,
-                            bidirectional=bidirectional)
-        self.head = nn.Linear(64 if bidirectional else 32, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, T, 16)
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        y, _ = self.lstm(x)
-        return self.head(y[:, -1] if self.batch_first else y[-1])
-
-
 BOTH = (nn.Linear, nn.LSTM)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_lstm_sqnr_and_input_untouched(bidirectional: bool, batch_first: bool) -> None:
+def test_lstm_sqnr_and_input_untouched(tiny_lstm, bidirectional: bool, batch_first: bool) -> None:
     torch.manual_seed(0)
-    model = TinyLSTM(bidirectional, batch_first).eval()
+    model = tiny_lstm(bidirectional, batch_first).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     q = quantize_dynamic(model, layers=BOTH)
     assert isinstance(q.lstm, DynamicQuantLSTM) and isinstance(q.head, DynamicQuantLinear)
@@ -77,8 +60,8 @@ def test_weights_are_s8_per_row_and_activation_grid_per_step() -> None:
     assert calls == [(12, 3, 16)] + [(3, 32)] * 12  # X once, h_{t-1} once per step
 
 
-def test_layer_selection_skip_and_unsupported() -> None:
-    model = TinyLSTM().eval()
+def test_layer_selection_skip_and_unsupported(tiny_lstm) -> None:
+    model = tiny_lstm().eval()
     only_lstm = quantize_dynamic(model, layers=(nn.LSTM,))
     assert isinstance(only_lstm.lstm, DynamicQuantLSTM) and type(only_lstm.head) is nn.Linear
     default = quantize_dynamic(model)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
-from torchslim.data import calibration_subset, load_data
+from torchslim.data import calibration_subset
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.quant import (LayerSensitivity, QuantConfig, layer_sensitivity,
                              mixed_precision_config, prepare)
 from torchslim.quant.config import DEFAULT_WEIGHT
 from torchslim.quant.sensitivity import weight_bytes
-from torchslim.train import TrainConfig, fit
-from torchslim.zoo import build_model
 
 W2 = dataclasses.replace(DEFAULT_WEIGHT, bits=2)
 W4 = dataclasses.replace(DEFAULT_WEIGHT, bits=4)
