@@ -10,7 +10,6 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from torchslim.report import plots
 from torchslim.report.table import candidates_of, summary_table
 
 __all__ = ["render_html"]
@@ -40,6 +39,10 @@ def _produced_by(candidates: list[Candidate]) -> str:
 
 
 def _figures(candidates: list[Candidate], baseline: str, names: list[str]) -> list[dict]:
+    # matplotlib costs ~0.3 s to import: load it when a page is drawn, not with torchslim
+    # (every CLI call and every memory-probe child imports the package).
+    from torchslim.report import plots
+
     batch = plots.largest_batch(candidates)
     runtimes = _produced_by(candidates)
     return [
