@@ -263,6 +263,10 @@ def _setup_logging(level: int) -> None:
     logger.propagate = False
 
 
+# Commands defined in their own modules register themselves on import.
+from torchslim._commands import distill as _distill, llm as _llm, prune as _prune  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 

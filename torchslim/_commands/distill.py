@@ -1,0 +1,1 @@
+"""`torchslim distill ...` commands."""
