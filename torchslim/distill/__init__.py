@@ -1,0 +1,37 @@
+"""Knowledge distillation: a small student taught by a large teacher.
+
+``distill(student, teacher, data, DistillConfig(...))`` trains a copy of the student with
+temperature KD plus hard labels (alpha schedule), optional FitNets feature hints through
+automatic adapters, attention transfer, and several teachers; ``distill_chain`` runs a
+teacher -> assistant -> student chain. ``build_student`` / ``scaled_like`` make students.
+"""
+
+from torchslim.distill.api import distill, distill_chain
+from torchslim.distill.config import ALPHA_SCHEDULES, DistillConfig
+from torchslim.distill.distiller import Distiller, StudentWithAdapters
+from torchslim.distill.features import FeatureTaps, find_module, make_adapter
+from torchslim.distill.losses import (attention_loss, attention_map, hint_loss, kd_loss,
+                                      soft_kd_loss, soft_targets)
+from torchslim.distill.students import build_student, scaled_like
+from torchslim.distill.teachers import teacher_weights
+
+__all__ = [
+    "ALPHA_SCHEDULES",
+    "DistillConfig",
+    "Distiller",
+    "FeatureTaps",
+    "StudentWithAdapters",
+    "attention_loss",
+    "attention_map",
+    "build_student",
+    "distill",
+    "distill_chain",
+    "find_module",
+    "hint_loss",
+    "kd_loss",
+    "make_adapter",
+    "scaled_like",
+    "soft_kd_loss",
+    "soft_targets",
+    "teacher_weights",
+]

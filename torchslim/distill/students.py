@@ -1,0 +1,74 @@
+"""Student builders: a zoo model scaled in depth and width, or the teacher's own
+architecture with every width scaled by ``w``.
+
+Both return models built by ``build_model``, so a student checkpoint records how to
+rebuild it. Each zoo family says how it scales through a small registered function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from torchslim._registry import Registry
+from torchslim.errors import ConfigError
+from torchslim.zoo import build_model, model_spec
+
+__all__ = ["build_student", "scaled_like", "SCALERS"]
+
+# family -> fn(name, kwargs, depth_mult, width_mult) -> (zoo name, kwargs)
+Scaler = Callable[[str, dict[str, Any], float, float], tuple[str, dict[str, Any]]]
+SCALERS: Registry[Scaler] = Registry("scalable model family")
+
+
+@SCALERS.register("resnet")
+def _scale_resnet(name: str, kwargs: dict[str, Any], depth_mult: float,
+                  width_mult: float) -> tuple[str, dict[str, Any]]:
+    """ResNet-(6n+2): n blocks per stage scale with depth, the base width with width."""
+    depth = kwargs.get("depth") or int(name.removeprefix("resnet"))
+    blocks = max(1, round((depth - 2) // 6 * depth_mult))
+    width = max(1, round(kwargs.get("width", 16) * width_mult))
+    rest = {k: v for k, v in kwargs.items() if k not in ("depth", "width")}
+    new_depth = 6 * blocks + 2
+    if name == "resnet":
+        return "resnet", {**rest, "depth": new_depth, "width": width}
+    return f"resnet{new_depth}", {**rest, "width": width}
+
+
+@SCALERS.register("mobilenetv2")
+def _scale_mobilenet(name: str, kwargs: dict[str, Any], depth_mult: float,
+                     width_mult: float) -> tuple[str, dict[str, Any]]:
+    if depth_mult != 1.0:
+        raise ConfigError(f"mobilenetv2 has a fixed stage list; depth_mult={depth_mult} is not "
+                          "supported (scale its width_mult instead)")
+    return name, {**kwargs, "width_mult": kwargs.get("width_mult", 1.0) * width_mult}
+
+
+def _family(name: str) -> str:
+    family = re.sub(r"\d+$", "", name)
+    SCALERS.get(family)  # an unknown family raises UnknownNameError listing the known ones
+    return family
+
+
+def build_student(name: str, *, depth_mult: float = 1.0, width_mult: float = 1.0,
+                  num_classes: int = 10, in_channels: int = 1, **kwargs: Any) -> nn.Module:
+    """A zoo model with its depth and width multiplied, e.g.
+    ``build_student("resnet20", depth_mult=0.5, width_mult=0.5)`` -> ResNet-8, width 8."""
+    for key, value in (("depth_mult", depth_mult), ("width_mult", width_mult)):
+        if not value > 0:
+            raise ConfigError(f"{key}={value} must be > 0 (0.5 halves, 1.0 keeps)")
+    scaled_name, scaled = SCALERS.get(_family(name))(name, dict(kwargs), depth_mult, width_mult)
+    return build_model(scaled_name, num_classes=num_classes, in_channels=in_channels, **scaled)
+
+
+def scaled_like(teacher: nn.Module, width_mult: float, *, depth_mult: float = 1.0) -> nn.Module:
+    """The teacher's architecture (from its zoo spec) with every width scaled by
+    ``width_mult``, freshly initialised."""
+    spec = model_spec(teacher)
+    kwargs = dict(spec["kwargs"])
+    num_classes, in_channels = kwargs.pop("num_classes", 10), kwargs.pop("in_channels", 1)
+    return build_student(spec["name"], depth_mult=depth_mult, width_mult=width_mult,
+                         num_classes=num_classes, in_channels=in_channels, **kwargs)

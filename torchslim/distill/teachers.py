@@ -1,0 +1,129 @@
+"""The teacher side: frozen teachers, their weights, and logits cached for a whole epoch.
+
+Several teachers give one soft target: the weighted mixture of their softened outputs.
+The weights are given, uniform, proportional to each teacher's validation top-1
+("accuracy"), or "learned": the mixture weights that maximise the likelihood of the
+validation labels under the teachers' mixed predictions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from torchslim.errors import ConfigError
+from torchslim.train import accuracy
+
+__all__ = ["frozen", "teacher_weights", "predict_logits", "CachedTeacherLoader"]
+
+
+@contextlib.contextmanager
+def frozen(teachers: Sequence[nn.Module]) -> Iterator[None]:
+    """Teachers in eval mode for the duration (their previous modes restored afterwards).
+    Their parameters are never handed to an optimizer and only run under no_grad."""
+    modes = [t.training for t in teachers]
+    for t in teachers:
+        t.eval()
+    try:
+        yield
+    finally:
+        for t, mode in zip(teachers, modes):
+            t.train(mode)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Iterable[Any]) -> tuple[Tensor, Tensor]:
+    """(logits (N, C), labels (N,)) of ``model`` over ``data`` in order; ``data`` yields
+    (x, y, ...) batches."""
+    logits, labels = [], []
+    for batch in data:
+        logits.append(model(batch[0]).float())
+        labels.append(batch[1])
+    return torch.cat(logits), torch.cat(labels)
+
+
+def teacher_weights(teachers: Sequence[nn.Module], spec: tuple[float, ...] | str,
+                    val: Iterable[Any] | None) -> list[float]:
+    """One weight per teacher, summing to 1, from DistillConfig.teacher_weights."""
+    n = len(teachers)
+    if isinstance(spec, tuple):
+        if len(spec) != n:
+            raise ConfigError(f"teacher_weights has {len(spec)} numbers for {n} teachers; "
+                              "give one weight per teacher")
+        return [w / sum(spec) for w in spec]
+    if spec == "uniform" or n == 1:
+        return [1.0 / n] * n
+    if val is None:
+        raise ConfigError(f"teacher_weights={spec!r} needs the validation split (data.val)")
+    if spec == "accuracy":
+        accs = [accuracy(t, val) for t in teachers]
+        return [a / sum(accs) for a in accs]
+    return _learned_weights([predict_logits(t, val) for t in teachers])
+
+
+def _learned_weights(outputs: list[tuple[Tensor, Tensor]], steps: int = 200) -> list[float]:
+    """Mixture weights w = softmax(theta) minimising the NLL of the validation labels under
+    sum_i w_i softmax(t_i): the teachers' share that predicts held-out labels best."""
+    labels = outputs[0][1]
+    probs = torch.stack([F.softmax(logits, dim=1) for logits, _ in outputs])  # (K, N, C)
+    theta = torch.zeros(len(outputs), requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=0.05)
+    for _ in range(steps):
+        mix = (F.softmax(theta, 0)[:, None, None] * probs).sum(0)         # (N, C)
+        loss = F.nll_loss(mix.clamp_min(1e-12).log(), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [float(w) for w in F.softmax(theta.detach(), 0)]
+
+
+class _Indexed(Dataset):
+    """(x, y, index) for each sample of ``dataset``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        x, y = self.dataset[i][:2]
+        return x, y, i
+
+
+class CachedTeacherLoader:
+    """A training loader whose batches come with the teachers' logits, computed once.
+
+    It draws indices from the original loader's own sampler, so it yields exactly the
+    batches the original would (``fit`` re-seeds ``generator`` each epoch), and it sets
+    ``current`` to the teachers' logits for the batch it is about to yield.
+    """
+
+    def __init__(self, loader: DataLoader, teachers: Sequence[nn.Module],
+                 eval_batch_size: int = 1000) -> None:
+        if loader.collate_fn is not default_collate:
+            raise ConfigError("cache_teacher=True needs a training loader without random "
+                              "augmentation (the cached logits would not match augmented "
+                              "images): load the data with load_data(..., augment=False)")
+        self.generator = loader.generator
+        indexed = _Indexed(loader.dataset)
+        plain = DataLoader(indexed, batch_size=eval_batch_size, shuffle=False)
+        with frozen(teachers):
+            self.logits = [predict_logits(t, plain)[0] for t in teachers]     # K x (N, C)
+        self._loader = DataLoader(indexed, batch_size=loader.batch_size, sampler=loader.sampler,
+                                  drop_last=loader.drop_last, num_workers=0)
+        self.current: list[Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y, index in self._loader:
+            self.current = [logits[index] for logits in self.logits]
+            yield x, y
