@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from torchslim._registry import Registry
-from torchslim.errors import ConfigError
-from torchslim.zoo import build_model, model_spec
+from torchslim.errors import ConfigError, UnknownNameError
+from torchslim.zoo import build_model, list_models, model_spec
 
 __all__ = ["build_student", "scaled_like", "SCALERS"]
 
@@ -48,8 +48,11 @@ def _scale_mobilenet(name: str, kwargs: dict[str, Any], depth_mult: float,
 
 
 def _family(name: str) -> str:
-    family = re.sub(r"\d+$", "", name)
-    SCALERS.get(family)  # an unknown family raises UnknownNameError listing the known ones
+    family = name if name in SCALERS else re.sub(r"\d+$", "", name)  # resnet20 -> resnet
+    if family not in SCALERS:
+        scalable = [m for m in list_models() if m in SCALERS or re.sub(r"\d+$", "", m) in SCALERS]
+        raise UnknownNameError(f"cannot build a student from {name!r}: no depth/width scaling "
+                               f"for it; choose one of {', '.join(scalable)}")
     return family
 
 

@@ -9,6 +9,7 @@ validation labels under the teachers' mixed predictions.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -83,6 +84,30 @@ def _learned_weights(outputs: list[tuple[Tensor, Tensor]], steps: int = 200) -> 
     return [float(w) for w in F.softmax(theta.detach(), 0)]
 
 
+# teacher -> dataset -> (the teacher's parameter versions, its logits over the dataset):
+# repeated distillations from one teacher on one dataset (seeds, methods, chains) run the
+# teacher once. The versions key makes any in-place change to the teacher a cache miss.
+_LOGITS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[Any, Any]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _versions(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    return tuple((t.data_ptr(), t._version) for t in model.state_dict().values())
+
+
+def dataset_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 1000) -> Tensor:
+    """The teacher's logits (N, C) over ``dataset`` in index order, computed once per
+    (teacher weights, dataset) and then reused."""
+    per_dataset = _LOGITS.setdefault(teacher, weakref.WeakKeyDictionary())
+    hit = per_dataset.get(dataset)
+    if hit is not None and hit[0] == _versions(teacher):
+        return hit[1]
+    with frozen([teacher]):
+        logits = predict_logits(teacher, DataLoader(_Indexed(dataset), batch_size=batch_size))[0]
+    per_dataset[dataset] = (_versions(teacher), logits)
+    return logits
+
+
 class _Indexed(Dataset):
     """(x, y, index) for each sample of ``dataset``."""
 
@@ -113,11 +138,12 @@ class CachedTeacherLoader:
                               "images): load the data with load_data(..., augment=False)")
         self.generator = loader.generator
         indexed = _Indexed(loader.dataset)
-        plain = DataLoader(indexed, batch_size=eval_batch_size, shuffle=False)
-        with frozen(teachers):
-            self.logits = [predict_logits(t, plain)[0] for t in teachers]     # K x (N, C)
+        self.logits = [dataset_logits(t, loader.dataset, eval_batch_size) for t in teachers]
+        # the same sampler and generator: the loader draws its base seed from the generator
+        # before the sampler shuffles, so both are needed for the original's batch order
         self._loader = DataLoader(indexed, batch_size=loader.batch_size, sampler=loader.sampler,
-                                  drop_last=loader.drop_last, num_workers=0)
+                                  generator=loader.generator, drop_last=loader.drop_last,
+                                  num_workers=0)
         self.current: list[Tensor] = []
 
     def __len__(self) -> int:
