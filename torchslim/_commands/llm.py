@@ -1,1 +1,137 @@
-"""`torchslim llm ...` commands."""
+"""`torchslim llm ...` commands: quantize a local causal LM, evaluate one."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from torchslim.cli import _one_line, _state, app, err_console, out_console
+from torchslim.errors import ConfigError, TorchslimError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+llm_app = typer.Typer(no_args_is_help=True, help="Quantize causal language models (local "
+                      "directories or .gguf files) and measure perplexity and decode speed.")
+app.add_typer(llm_app, name="llm")
+
+
+def llm_command(name: str | None = None) -> Callable[[F], F]:
+    """``llm_app.command`` with the CLI's error handling: a TorchslimError becomes one
+    ``error: ...`` line on stderr and exit code 2 (the traceback only with --debug)."""
+
+    def decorator(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except TorchslimError as e:
+                if _state["debug"]:
+                    raise
+                err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False,
+                                  soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
+
+        llm_app.command(name)(wrapper)
+        return fn
+
+    return decorator
+
+
+ModelPath = Annotated[str, typer.Argument(help="Local model directory or .gguf file (no hub names).")]
+Threads = Annotated[int, typer.Option(help="CPU threads for torch.")]
+
+
+def _read_texts(paths: list[Path]) -> list[str]:
+    texts = []
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"text file {str(p)!r} does not exist")
+        texts.append(p.read_text(encoding="utf-8", errors="replace"))
+    return texts
+
+
+def _default_calibration() -> list[str]:
+    from torchslim.llm.data import load_austen
+
+    books = ("prideprejudice", "persuasion", "sensesensibility")
+    return list(load_austen(books=books).values())
+
+
+@llm_command("quantize")
+def quantize_cmd(model: ModelPath,
+                 out: Annotated[Path, typer.Option(help="Directory for the quantized model.")],
+                 method: Annotated[str, typer.Option(help="rtn, gptq, awq or smoothquant (W8A8).")] = "gptq",
+                 bits: Annotated[int, typer.Option(help="Weight bits: 3, 4 or 8.")] = 4,
+                 group_size: Annotated[int, typer.Option(help="Input elements per scale; 0 = per output channel.")] = 128,
+                 asymmetric: Annotated[bool, typer.Option("--asymmetric", help="Grid with a zero point.")] = False,
+                 act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ: columns by descending Hessian diagonal.")] = False,
+                 calib_text: Annotated[Optional[list[Path]], typer.Option(help="Calibration text file (repeatable); default: three Austen novels.")] = None,
+                 n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 32,
+                 seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+                 lm_head: Annotated[bool, typer.Option(help="int8 output projection (and tied embedding).")] = True,
+                 threads: Threads = 2) -> None:
+    """Quantize MODEL's Linear layers and save the result (safetensors) to OUT."""
+    import torch
+
+    from torchslim.llm import LLMQuantConfig, quantize_llm
+    from torchslim.llm.evaluate import model_nbytes
+    from torchslim.llm.model import load_causal_lm, save_quantized
+
+    torch.set_num_threads(threads)
+    if method == "smoothquant":
+        bits, group_size, asymmetric = 8, 0, False
+    config = LLMQuantConfig(method=method, bits=bits, group_size=group_size or None,
+                            symmetric=not asymmetric, act_order=act_order, n_samples=n_samples,
+                            seq_len=seq_len, lm_head=lm_head)
+    texts = None
+    if config.needs_calibration:
+        texts = _read_texts(calib_text) if calib_text else _default_calibration()
+    net, tokenizer = load_causal_lm(model)
+    t0 = time.perf_counter()
+    quantized = quantize_llm(net, config, calibration=texts, tokenizer=tokenizer)
+    seconds = time.perf_counter() - t0
+    save_quantized(quantized, out, tokenizer=tokenizer)
+    fp32, qbytes = model_nbytes(net), model_nbytes(quantized)
+    out_console.print(f"{config.label}: {seconds:.1f} s, {qbytes:,} bytes "
+                      f"({qbytes / fp32:.1%} of fp32 {fp32:,})\nsaved: {out}")
+
+
+@llm_command("eval")
+def eval_cmd(model: ModelPath,
+             text: Annotated[Optional[Path], typer.Option(help="Text file to score; default: a slice of Austen's Emma.")] = None,
+             start: Annotated[Optional[int], typer.Option(help="First token of the scored slice (default: 0 for --text, 100000 for Emma).")] = None,
+             tokens: Annotated[Optional[int], typer.Option(help="Tokens in the scored slice (default: all of --text, 4096 of Emma).")] = None,
+             window: int = 512, stride: int = 256,
+             decode: Annotated[bool, typer.Option("--decode", help="Also measure greedy decode tokens/s at batch 1 and 8.")] = False,
+             threads: Threads = 2) -> None:
+    """Perplexity (sliding window) of MODEL on a text, its size and per-layer weight SQNR."""
+    from torchslim.llm import weight_sqnr
+    from torchslim.llm.data import load_austen, token_slice
+    from torchslim.llm.evaluate import decode_speed, model_nbytes, perplexity
+    from torchslim.llm.model import load_causal_lm
+
+    body = _read_texts([text])[0] if text else load_austen(books=("emma",))["emma"]
+    net, tokenizer = load_causal_lm(model)
+    if text is None:  # the held-out slice the benchmark scores
+        start = 100_000 if start is None else start
+        tokens = 4096 if tokens is None else tokens
+    ids = token_slice(tokenizer, body, start=start or 0, length=tokens)
+    result = perplexity(net, ids, window=window, stride=stride, threads=threads)
+    out_console.print(f"perplexity {result.ppl:.3f} over {result.tokens} tokens "
+                      f"(window {window}, stride {stride}); {model_nbytes(net):,} bytes")
+    sqnr = weight_sqnr(net)
+    if sqnr:
+        values = sorted(sqnr.values())
+        out_console.print(f"weight SQNR over {len(values)} layers: min {values[0]:.1f} dB, "
+                          f"median {values[len(values) // 2]:.1f} dB")
+    if decode:
+        speed = decode_speed({"model": net}, ids[:32], threads=threads, rounds=3)["model"]
+        out_console.print(f"decode tokens/s: batch 1 {speed[1]:.1f}, batch 8 {speed[8]:.1f}")

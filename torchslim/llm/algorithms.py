@@ -1,0 +1,134 @@
+"""The per-layer rewrites, one per method, registered by name.
+
+Each algorithm says which input statistics it needs and rewrites one decoder layer in
+place from them; ``quantize_llm`` runs the same layer-by-layer driver for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from torchslim.llm.calibrate import InputStats
+from torchslim.llm.config import LLMQuantConfig
+from torchslim.llm.gptq import gptq_quantize
+from torchslim.llm.qlinear import W8A8Linear, WeightOnlyLinear, encode_weight
+from torchslim.llm.scaling import ScaleGroup, fold_scales_, scale_groups
+from torchslim.quant.affine import calc_qparams_for, fake_quantize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LayerAlgorithm", "ALGORITHMS", "replace_linear"]
+
+Stats = dict[str, InputStats]
+
+
+@dataclass(frozen=True)
+class LayerAlgorithm:
+    needs: frozenset[str]  # InputStats fields to gather; empty = no calibration
+    apply: Callable[[nn.Module, Stats, LLMQuantConfig, Callable[[str], bool]], None]
+
+
+def replace_linear(layer: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(layer.get_submodule(parent) if parent else layer, attr, new)
+
+
+def _linears(layer: nn.Module, skip: Callable[[str], bool]) -> list[tuple[str, nn.Linear]]:
+    return [(n, m) for n, m in layer.named_modules()
+            if type(m) is nn.Linear and not skip(n)]
+
+
+def _rtn_linear(linear: nn.Linear, cfg: LLMQuantConfig) -> WeightOnlyLinear:
+    codes, scales, zeros = encode_weight(linear.weight.detach().float(), cfg.spec)
+    return WeightOnlyLinear.from_codes(linear, codes, scales, zeros, bits=cfg.bits,
+                                       group_size=cfg.group_size)
+
+
+def apply_rtn(layer: nn.Module, _stats: Stats, cfg: LLMQuantConfig,
+              skip: Callable[[str], bool]) -> None:
+    for name, linear in _linears(layer, skip):
+        replace_linear(layer, name, _rtn_linear(linear, cfg))
+
+
+def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
+               skip: Callable[[str], bool]) -> None:
+    for name, linear in _linears(layer, skip):
+        codes, scales, zeros = gptq_quantize(linear.weight, stats[name].h(), cfg.spec,
+                                             block_size=cfg.block_size, damp=cfg.damp,
+                                             act_order=cfg.act_order)
+        replace_linear(layer, name, WeightOnlyLinear.from_codes(
+            linear, codes, scales, zeros, bits=cfg.bits, group_size=cfg.group_size))
+
+
+def _rounded(w: Tensor, cfg: LLMQuantConfig) -> Tensor:
+    spec = cfg.spec
+    scale, zero = calc_qparams_for(w, spec)
+    return fake_quantize(w, scale, zero, spec)
+
+
+def awq_search(x: Tensor, x_mean: Tensor, weights: list[Tensor], cfg: LLMQuantConfig
+               ) -> tuple[Tensor, float]:
+    """The scale ``s = mean|x|^alpha`` (alpha on a grid) minimising the group's output
+    error ``|X W^T - (X / s) Q(W s)^T|^2`` on the sample ``x`` ``(rows, K)``."""
+    w = torch.cat(weights).float()  # (sum N, K): rows are quantized independently
+    ref = x @ w.t()  # (rows, sum N)
+    best_err, best_s, best_alpha = float("inf"), torch.ones_like(x_mean), 0.0
+    for i in range(cfg.grid):
+        alpha = i / cfg.grid
+        s = x_mean.clamp(min=1e-4) ** alpha
+        s = s / (s.max() * s.min()).sqrt()  # keep the scales centred around 1
+        err = float(((x / s) @ _rounded(w * s, cfg).t() - ref).pow(2).mean())
+        if err < best_err:
+            best_err, best_s, best_alpha = err, s, alpha
+    return best_s, best_alpha
+
+
+def apply_awq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
+              skip: Callable[[str], bool]) -> None:
+    for group in scale_groups(layer):
+        if any(skip(n) or n not in stats for n in group.linears):
+            continue
+        first = stats[group.linears[0]]
+        weights = [layer.get_submodule(n).weight.detach() for n in group.linears]
+        s, alpha = awq_search(first.sample(), first.mean_abs(), weights, cfg)
+        fold_scales_(layer, group, s)
+        logger.debug("awq %s: alpha=%.2f", group.prev, alpha)
+    apply_rtn(layer, stats, cfg, skip)
+
+
+def smooth_scales(act_max: Tensor, weights: list[Tensor], alpha: float) -> Tensor:
+    """SmoothQuant: ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` over the group's weights."""
+    w_max = torch.cat(weights).abs().amax(dim=0).float().clamp(min=1e-5)  # (K,)
+    s = act_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def apply_smoothquant(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
+                      skip: Callable[[str], bool]) -> None:
+    for group in _norm_groups(layer):
+        if any(skip(n) or n not in stats for n in group.linears):
+            continue
+        weights = [layer.get_submodule(n).weight.detach() for n in group.linears]
+        act_max = stats[group.linears[0]].abs_max
+        assert act_max is not None
+        fold_scales_(layer, group, smooth_scales(act_max, weights, cfg.alpha))
+    for name, linear in _linears(layer, skip):
+        replace_linear(layer, name, W8A8Linear.from_float(linear))
+
+
+def _norm_groups(layer: nn.Module) -> list[ScaleGroup]:
+    """SmoothQuant's groups: the ones fed by a norm (as in the paper)."""
+    return scale_groups(layer, include_linear_prev=False)
+
+
+ALGORITHMS: dict[str, LayerAlgorithm] = {
+    "rtn": LayerAlgorithm(frozenset(), apply_rtn),
+    "gptq": LayerAlgorithm(frozenset({"hessian"}), apply_gptq),
+    "awq": LayerAlgorithm(frozenset({"absmean", "sample"}), apply_awq),
+    "smoothquant": LayerAlgorithm(frozenset({"absmax"}), apply_smoothquant),
+}

@@ -1,0 +1,139 @@
+"""``quantize_llm``: one entry point for every method; the registry picks the algorithm."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from torchslim._progress import track
+from torchslim.errors import ConfigError, UnsupportedModelError
+from torchslim.llm.algorithms import ALGORITHMS, replace_linear
+from torchslim.llm.calibrate import calibrate_layers, decoder_layers
+from torchslim.llm.config import LLMQuantConfig
+from torchslim.llm.data import calibration_batches
+from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear, encode_weight
+from torchslim.quant.config import matches
+from torchslim.quant.dynamic import check_skip
+from torchslim.quant.weight_only import weight_only_spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["quantize_llm", "quantized_layers", "weight_sqnr"]
+
+Calibration = Sequence[str] | Tensor
+
+
+def _shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every tensor with ``model``: the algorithms
+    replace tensors and modules and never write into them, so ``model`` stays intact and
+    the copy costs no extra weight memory."""
+    memo: dict[int, Any] = {id(t): t for t in itertools.chain(model.parameters(),
+                                                                model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _calibration_ids(calibration: Calibration | None, tokenizer: Any,
+                     cfg: LLMQuantConfig) -> Tensor:
+    if calibration is None:
+        raise ConfigError(f"method={cfg.method!r} needs calibration text: pass "
+                          "calibration=[texts] (with tokenizer=) or a (n, seq_len) id tensor")
+    if isinstance(calibration, Tensor):
+        if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(f"calibration ids must be an integer (n, seq_len) tensor; got "
+                              f"{calibration.dtype} {tuple(calibration.shape)}")
+        return calibration.long()
+    if isinstance(calibration, str):
+        calibration = [calibration]
+    if tokenizer is None:
+        raise ConfigError("calibration texts need tokenizer=...; or pass token ids")
+    return calibration_batches(tokenizer, list(calibration), n_samples=cfg.n_samples,
+                               seq_len=cfg.seq_len)
+
+
+def _quantize_head_(model: nn.Module, skip: tuple[str, ...]) -> None:
+    """int8 per-row weight-only output projection; a tied input embedding reads the same
+    integer table through ``QuantEmbedding``."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not nn.Linear:
+        return
+    name = next(n for n, m in model.named_modules() if m is head)
+    if any(matches(p, name) for p in skip):
+        return
+    spec = weight_only_spec(bits=8, group_size=None, symmetric=True)
+    codes, scales, zeros = encode_weight(head.weight.detach().float(), spec)
+    qhead = WeightOnlyLinear.from_codes(head, codes, scales, zeros, bits=8, group_size=None)
+    embed = model.get_input_embeddings()
+    tied = isinstance(embed, nn.Embedding) and embed.weight is head.weight
+    replace_linear(model, name, qhead)
+    if tied:
+        embed_name = next(n for n, m in model.named_modules() if m is embed)
+        replace_linear(model, embed_name, QuantEmbedding(qhead, embed.padding_idx))
+
+
+def quantize_llm(model: nn.Module, config: LLMQuantConfig | None = None, *,
+                 calibration: Calibration | None = None, tokenizer: Any = None) -> nn.Module:
+    """A quantized copy of the causal LM ``model`` (``model`` itself is left unchanged).
+
+    ``calibration``: texts (tokenized with ``tokenizer`` into ``config.n_samples`` random
+    windows of ``config.seq_len`` tokens) or an ``(n, seq_len)`` tensor of token ids;
+    needed by gptq, awq and smoothquant. Calibration runs layer by layer.
+    """
+    cfg = config or LLMQuantConfig()
+    skip = check_skip(model, cfg.skip)
+    layers = decoder_layers(model)
+    _check_groups(model, cfg, skip)
+    algorithm = ALGORITHMS[cfg.method]
+    new = _shared_copy(model).eval()
+    new_layers = decoder_layers(new)
+    prefix = next(n for n, m in new.named_modules() if m is new_layers)
+
+    def skipped(name: str) -> bool:
+        return any(matches(p, name) for p in skip)
+
+    with torch.no_grad():
+        if cfg.needs_calibration:
+            ids = _calibration_ids(calibration, tokenizer, cfg)
+            calibrate_layers(
+                new, ids, needs=algorithm.needs, skip=skipped, batch_size=cfg.batch_size,
+                max_rows=cfg.awq_tokens,
+                apply=lambda p, layer, stats: algorithm.apply(
+                    layer, stats, cfg, lambda n: skipped(f"{p}.{n}")))
+        else:
+            for i, layer in enumerate(track(new_layers, description="quantizing layers",
+                                            total=len(layers))):
+                algorithm.apply(layer, {}, cfg, lambda n, p=f"{prefix}.{i}": skipped(f"{p}.{n}"))
+        if cfg.lm_head:
+            _quantize_head_(new, skip)
+    new.torchslim_quant = cfg  # read by save_quantized
+    logger.info("%s: %d Linear layers quantized", cfg.label, len(quantized_layers(new)))
+    return new
+
+
+def _check_groups(model: nn.Module, cfg: LLMQuantConfig, skip: tuple[str, ...]) -> None:
+    layers = decoder_layers(model)
+    for name, m in layers.named_modules():
+        if type(m) is nn.Linear and cfg.group_size is not None and m.in_features % cfg.group_size:
+            raise ConfigError(f"layer {name!r}: in_features={m.in_features} is not divisible by "
+                              f"group_size={cfg.group_size}; pick a group_size dividing it or "
+                              "group_size=None")
+    if not any(type(m) is nn.Linear for m in layers.modules()):
+        raise UnsupportedModelError(f"{type(model).__name__}'s decoder layers hold no nn.Linear "
+                                    "to quantize")
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, (WeightOnlyLinear, W8A8Linear))}
+
+
+def weight_sqnr(model: nn.Module) -> dict[str, float]:
+    """Per quantized layer: SQNR (dB) of its integer weight against the float weight it
+    replaced (after any AWQ / SmoothQuant scaling)."""
+    return {n: round(m.sqnr_db, 2) for n, m in quantized_layers(model).items()
+            if getattr(m, "sqnr_db", None) is not None}

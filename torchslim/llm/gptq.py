@@ -1,0 +1,92 @@
+"""GPTQ (Frantar et al., ICLR 2023): quantize a Linear weight column by column, spreading
+each column's rounding error over the columns not yet quantized, weighted by the inverse
+Hessian of the layer's squared output error, ``H = 2 X X^T / n``.
+
+Columns are processed in blocks of ``block_size``; inside a block the update is applied
+column by column, and the block's accumulated error reaches the rest of the matrix in one
+GEMM afterwards ("lazy batch updates"). With ``act_order`` columns go by descending
+``diag(H)``; the group scales are then fixed up front from the original weight ("static
+groups") so that the stored layout keeps plain consecutive groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from torchslim.errors import UnsupportedModelError
+from torchslim.quant.affine import QuantSpec, calc_qparams_for
+
+__all__ = ["gptq_quantize"]
+
+
+def _channel_spec(spec: QuantSpec) -> QuantSpec:
+    return dataclasses.replace(spec, granularity="per_channel", axis=0, group_size=None)
+
+
+def _inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor of ``(H + lambda I)^-1``, lambda = damp * mean(diag H)."""
+    h = h.clone()
+    h.diagonal().add_(damp * float(h.diagonal().mean()))
+    for attempt in range(4):  # grow the damping if H is numerically indefinite
+        try:
+            lower = torch.linalg.cholesky(h)
+            return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+        except torch.linalg.LinAlgError:
+            h.diagonal().add_(damp * float(h.diagonal().mean()) * 10 ** attempt)
+    raise UnsupportedModelError("GPTQ: the calibration Hessian is not positive definite even "
+                                "with extra damping; use more calibration samples or damp=0.1")
+
+
+def gptq_quantize(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int = 128,
+                  damp: float = 0.01, act_order: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``(codes uint8 (N, K), scales (N, G), zeros uint8 (N, G))`` for ``weight`` ``(N, K)``
+    given ``hessian`` ``(K, K)``; same layout as ``encode_weight``."""
+    w = weight.detach().double().clone()  # float64: the error propagation cancels a lot
+    h = hessian.detach().double().clone()
+    n, k = w.shape
+    dead = h.diagonal() == 0  # inputs never active: any value works, make it exact zero
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    g = k if spec.group_size is None else spec.group_size
+    chan = _channel_spec(spec)
+    offset = 2 ** (spec.bits - 1) if spec.signed else 0
+    groups = k // g
+    scales = torch.zeros(n, groups, dtype=torch.float32)
+    zeros = torch.zeros(n, groups, dtype=torch.int32)
+    static = act_order or spec.group_size is None
+    if static:  # every group's grid from the original weight (per channel: one group)
+        for j in range(groups):
+            s, z = calc_qparams_for(w[:, j * g:(j + 1) * g].float(), chan)
+            scales[:, j], zeros[:, j] = s, z
+    if act_order:
+        perm = torch.argsort(h.diagonal(), descending=True)
+    else:
+        perm = torch.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_hessian_factor(h, damp)  # (K, K) upper
+    codes = torch.zeros(n, k, dtype=torch.int32)  # in permuted column order
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        w1 = w[:, i1:i2].clone()  # (N, B)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])
+            j = col // g
+            if not static and col % g == 0:  # the group's first column: fix its grid now
+                s, z = calc_qparams_for(w1[:, i:i + g].float(), chan)
+                scales[:, j], zeros[:, j] = s, z
+            s, z = scales[:, j].double(), zeros[:, j].double()
+            q = torch.clamp(torch.round(w1[:, i] / s) + z, spec.qmin, spec.qmax)  # (N,)
+            codes[:, i1 + i] = q.to(torch.int32)
+            err = (w1[:, i] - (q - z) * s) / hinv1[i, i]  # (N,)
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the block's lazy update
+    out = torch.empty_like(codes)
+    out[:, perm] = codes
+    return ((out + offset).to(torch.uint8), scales,
+            (zeros + offset).to(torch.uint8))
