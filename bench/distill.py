@@ -130,7 +130,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
                  ("resnet8", {"width": args.assistant_width}), args)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     with step("loading data and teachers"):
         s = load_setup(args)
     teacher_top1 = accuracy(s.teachers[0], s.data.test)
@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                      "seconds": time.perf_counter() - t0})
             rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]
             write_results(args.out, "distill", args.threads, rows, settings=_settings(args, s))
-    return [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]
+    rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]
+    return rows, _settings(args, s)
 
 
 def _settings(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
@@ -225,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
-    rows = run(args)
-    write_results(args.out, "distill", args.threads, rows)
+    rows, settings = run(args)
+    write_results(args.out, "distill", args.threads, rows, settings=settings)
     print_table(rows, f"distill: {rows[1]['model'] if len(rows) > 1 else ''} top-1 on the "
                       f"test split, {len(args.seeds)} seeds, {args.epochs} epochs, "
                       f"{args.threads} threads")

@@ -157,3 +157,18 @@ def test_teacher_assistant_chain(digits: DataBundle, teacher: nn.Module, student
     assert _bit_identical(before, _state(teacher))
     with pytest.raises(ConfigError, match="one per model"):
         distill_chain(teacher, [assistant, student], digits, [DistillConfig(train=QUICK)])
+
+
+def test_no_hook_is_left_on_the_teacher(digits: DataBundle, teacher: nn.Module,
+                                        student: nn.Module) -> None:
+    distill(student, teacher, digits, DistillConfig(features=["layer3:layer3"], train=QUICK))
+    with pytest.raises(UnknownNameError):   # the student layer exists, the teacher's does not
+        distill(student, teacher, digits, DistillConfig(features=["layer3:nope"], train=QUICK))
+    assert not any(m._forward_hooks for m in teacher.modules())
+    assert not any(m._forward_hooks for m in student.modules())
+
+
+def test_cache_needs_a_dataloader(teacher: nn.Module, student: nn.Module) -> None:
+    batches = [(torch.randn(4, 1, 8, 8), torch.arange(4))]
+    with pytest.raises(ConfigError, match="DataLoader"):
+        distill(student, teacher, batches, DistillConfig(train=QUICK, cache_teacher=True))

@@ -45,8 +45,11 @@ def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module],
     with frozen(teachers):
         weights = teacher_weights(teachers, config.teacher_weights, val)
         distiller = Distiller(trained, teachers, weights, config, _probe(val, train))
-        history = fit(distiller.module, distiller.train_loader(train), config=config.train,
-                      val=val, loss_fn=distiller.loss, callbacks=[distiller])
+        try:
+            history = fit(distiller.module, distiller.train_loader(train), config=config.train,
+                          val=val, loss_fn=distiller.loss, callbacks=[distiller])
+        finally:
+            distiller.close()
     trained.train(student.training)
     setattr(trained, INFO_ATTR, {"teachers": len(teachers), "teacher_weights": weights,
                                  "adapters": sorted(distiller.module.adapters.keys()),

@@ -51,8 +51,13 @@ class Distiller(Callback):
         self.teachers, self.weights, self.config = list(teachers), list(weights), config
         hinted = [*config.features, *config.attention]
         self.student_taps = FeatureTaps(student, [s for s, _ in hinted], role="student")
-        self.teacher_taps = FeatureTaps(self.teachers[0], [t for _, t in hinted], role="teacher")
-        self.module = StudentWithAdapters(student, self._adapters(student, probe))
+        try:
+            self.teacher_taps = FeatureTaps(self.teachers[0], [t for _, t in hinted],
+                                            role="teacher")
+            self.module = StudentWithAdapters(student, self._adapters(student, probe))
+        except BaseException:
+            self.close()  # never leave a hook on the user's teacher
+            raise
         self.cache: CachedTeacherLoader | None = None
         self.progress = 0.0
 
@@ -85,8 +90,13 @@ class Distiller(Callback):
         self.progress = state.step / max(state.total_steps, 1)
 
     def on_train_end(self, state: TrainState) -> None:
-        self.student_taps.remove()
-        self.teacher_taps.remove()
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook (idempotent)."""
+        for taps in (getattr(self, "student_taps", None), getattr(self, "teacher_taps", None)):
+            if taps is not None:
+                taps.remove()
 
     # ------------------------------------------------------------------ the loss
     def loss(self, out: Tensor, y: Tensor, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -132,6 +132,9 @@ class CachedTeacherLoader:
 
     def __init__(self, loader: DataLoader, teachers: Sequence[nn.Module],
                  eval_batch_size: int = 1000) -> None:
+        if not isinstance(loader, DataLoader):
+            raise ConfigError(f"cache_teacher=True needs a torch DataLoader over an indexable "
+                              f"dataset, not {type(loader).__name__}; or set cache_teacher=False")
         if loader.collate_fn is not default_collate:
             raise ConfigError("cache_teacher=True needs a training loader without random "
                               "augmentation (the cached logits would not match augmented "
