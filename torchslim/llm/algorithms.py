@@ -57,12 +57,23 @@ def apply_rtn(layer: nn.Module, _stats: Stats, cfg: LLMQuantConfig,
 
 def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
                skip: Callable[[str], bool]) -> None:
+    # Linears reading the same input share H, and GPTQ treats rows independently: q/k/v
+    # (gate/up) are stacked and solved in one pass.
+    by_input: dict[int, list[tuple[str, nn.Linear]]] = {}
     for name, linear in _linears(layer, skip):
-        codes, scales, zeros = gptq_quantize(linear.weight, stats[name].h(), cfg.spec,
+        by_input.setdefault(id(stats[name].owner), []).append((name, linear))
+    for members in by_input.values():
+        weight = torch.cat([lin.weight.detach() for _, lin in members])  # (sum N, K)
+        codes, scales, zeros = gptq_quantize(weight, stats[members[0][0]].h(), cfg.spec,
                                              block_size=cfg.block_size, damp=cfg.damp,
                                              act_order=cfg.act_order)
-        replace_linear(layer, name, WeightOnlyLinear.from_codes(
-            linear, codes, scales, zeros, bits=cfg.bits, group_size=cfg.group_size))
+        start = 0
+        for name, linear in members:
+            rows = slice(start, start + linear.out_features)
+            start += linear.out_features
+            replace_linear(layer, name, WeightOnlyLinear.from_codes(
+                linear, codes[rows], scales[rows], zeros[rows], bits=cfg.bits,
+                group_size=cfg.group_size))
 
 
 def _rounded(w: Tensor, cfg: LLMQuantConfig) -> Tensor:

@@ -40,15 +40,17 @@ class InputStats:
     abs_max: Tensor | None = None  # (K,)
     samples: list[Tensor] = field(default_factory=list)
     sample_stride: int = 1
+    shared: InputStats | None = None  # another Linear that reads the same input tensor
 
-    def update(self, x_in: Tensor, cache: dict[str, Tensor]) -> None:
+    def update(self, x_in: Tensor, cache: dict[str, Any]) -> None:
         x = x_in.detach().reshape(-1, x_in.shape[-1]).float()  # (rows, K)
         if "hessian" in self.needs:
-            # q/k/v (and gate/up) see the same input tensor: compute x^T x once for them
-            if cache.get("x") is not x_in:
-                cache["x"], cache["xtx"] = x_in, x.t() @ x  # (K, K)
-            xtx = cache["xtx"]
-            self.hessian = xtx if self.hessian is None else self.hessian + xtx
+            if cache.get("x") is x_in:  # q/k/v (gate/up) read one tensor: share one Hessian
+                self.shared = cache["owner"]
+            else:
+                cache["x"], cache["owner"] = x_in, self
+                xtx = x.t() @ x  # (K, K)
+                self.hessian = xtx if self.hessian is None else self.hessian.add_(xtx)
         if "absmean" in self.needs:
             s = x.abs().sum(0)
             self.abs_sum = s if self.abs_sum is None else self.abs_sum + s
@@ -59,11 +61,17 @@ class InputStats:
             self.samples.append(x[:: self.sample_stride].clone())
         self.rows += x.shape[0]
 
+    @property
+    def owner(self) -> InputStats:
+        """The stats that hold the Hessian for this input (itself unless shared)."""
+        return self.shared if self.shared is not None else self
+
     def h(self) -> Tensor:
         """``2 X X^T / n``, GPTQ's Hessian of the squared output error."""
-        if self.hessian is None:
+        owner = self.owner
+        if owner.hessian is None:
             raise UnsupportedModelError("no calibration rows reached this layer")
-        return self.hessian * (2.0 / max(self.rows, 1))
+        return owner.hessian * (2.0 / max(owner.rows, 1))
 
     def mean_abs(self) -> Tensor:
         assert self.abs_sum is not None
@@ -123,7 +131,7 @@ def collect_stats(layer: nn.Module, needs: frozenset[str], *, skip: Callable[[st
     stats: dict[str, InputStats] = {}
     handles = []
     stride = max(1, total_rows // max_rows)
-    cache: dict[str, Tensor] = {}  # the last input and its x^T x
+    cache: dict[str, Any] = {}  # the last input seen and the stats that own its Hessian
     for name, module in layer.named_modules():
         if isinstance(module, nn.Linear) and not skip(name):
             st = stats[name] = InputStats(needs=needs, max_rows=max_rows, sample_stride=stride)

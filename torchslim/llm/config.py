@@ -36,8 +36,8 @@ class LLMQuantConfig:
     damp: float = 0.01  # lambda = damp * mean(diag H)
     act_order: bool = False  # columns by descending diag(H); group scales fixed up front
     # awq
-    grid: int = 20  # alpha in {0, 1/grid, ..., (grid-1)/grid}
-    awq_tokens: int = 4096  # calibration rows kept per layer input for the scale search
+    grid: int = 10  # alpha in {0, 1/grid, ..., (grid-1)/grid}
+    awq_tokens: int = 1024  # calibration rows kept per layer input for the scale search
     # smoothquant
     alpha: float = 0.5  # migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
 

@@ -11,7 +11,9 @@ groups") so that the stored layout keeps plain consecutive groups.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -40,12 +42,31 @@ def _inverse_hessian_factor(h: Tensor, damp: float) -> Tensor:
                                 "with extra damping; use more calibration samples or damp=0.1")
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    """The column loop is thousands of tiny ops: with several threads each one waits at an
+    OpenMP barrier, which on a busy machine made it ~20x slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def gptq_quantize(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int = 128,
                   damp: float = 0.01, act_order: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(codes uint8 (N, K), scales (N, G), zeros uint8 (N, G))`` for ``weight`` ``(N, K)``
     given ``hessian`` ``(K, K)``; same layout as ``encode_weight``."""
-    w = weight.detach().double().clone()  # float64: the error propagation cancels a lot
-    h = hessian.detach().double().clone()
+    with _single_thread():
+        return _gptq(weight, hessian, spec, block_size=block_size, damp=damp,
+                     act_order=act_order)
+
+
+def _gptq(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int, damp: float,
+          act_order: bool) -> tuple[Tensor, Tensor, Tensor]:
+    w = weight.detach().float().clone()
+    h = hessian.detach().double().clone()  # float64 for the factorisation only
     n, k = w.shape
     dead = h.diagonal() == 0  # inputs never active: any value works, make it exact zero
     h[dead, dead] = 1.0
@@ -66,27 +87,29 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_siz
     else:
         perm = torch.arange(k)
     w, h = w[:, perm], h[perm][:, perm]
-    hinv = _inverse_hessian_factor(h, damp)  # (K, K) upper
-    codes = torch.zeros(n, k, dtype=torch.int32)  # in permuted column order
+    hinv = _inverse_hessian_factor(h, damp).float()  # (K, K) upper
+    zeros_f = zeros.float()
+    codes = torch.zeros(n, k)  # integer-valued, in permuted column order
+    order = perm.tolist()
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
         w1 = w[:, i1:i2].clone()  # (N, B)
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
+            col = order[i1 + i]
             j = col // g
             if not static and col % g == 0:  # the group's first column: fix its grid now
                 s, z = calc_qparams_for(w1[:, i:i + g].float(), chan)
-                scales[:, j], zeros[:, j] = s, z
-            s, z = scales[:, j].double(), zeros[:, j].double()
+                scales[:, j], zeros[:, j], zeros_f[:, j] = s, z, z
+            s, z = scales[:, j], zeros_f[:, j]
             q = torch.clamp(torch.round(w1[:, i] / s) + z, spec.qmin, spec.qmax)  # (N,)
-            codes[:, i1 + i] = q.to(torch.int32)
+            codes[:, i1 + i] = q
             err = (w1[:, i] - (q - z) * s) / hinv1[i, i]  # (N,)
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            w1[:, i:].addr_(err, hinv1[i, i:], alpha=-1.0)  # spread over the later columns
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # the block's lazy update
     out = torch.empty_like(codes)
     out[:, perm] = codes
-    return ((out + offset).to(torch.uint8), scales,
+    return ((out.to(torch.int32) + offset).to(torch.uint8), scales,
             (zeros + offset).to(torch.uint8))
