@@ -28,6 +28,7 @@ from torch import nn
 
 from torchslim.data import DataBundle, load_data
 from torchslim.distill import DistillConfig, distill, distill_chain
+from torchslim.distill.api import INFO_ATTR
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 from torchslim.train import TrainConfig, accuracy, fit, load_checkpoint
 from torchslim.zoo import build_model
@@ -114,6 +115,7 @@ def _row(method: str, runs: list[dict[str, Any]], params: int | None,
             "seeds": [r["seed"] for r in runs], "params": params,
             "top1_per_seed": top1, "val_top1_mean": round(statistics.fmean(val), 5) if val else None,
             "seconds_mean": round(statistics.fmean(r["seconds"] for r in runs), 1) if runs else None,
+            "teacher_weights": runs[-1]["teacher_weights"] if runs else None,
             "error": error, **extra}
 
 
@@ -156,7 +158,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                     continue
                 runs[method].append({"seed": seed, "top1": accuracy(model, s.data.test),
                                      "val_top1": accuracy(model, s.data.val),
-                                     "seconds": time.perf_counter() - t0})
+                                     "seconds": time.perf_counter() - t0,
+                                     "teacher_weights": getattr(model, INFO_ATTR, {}).get(
+                                         "teacher_weights")})
             rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]
             write_results(args.out, "distill", args.threads, rows, settings=_settings(args, s))
     rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]

@@ -23,12 +23,13 @@ __all__ = ["kd_loss", "soft_kd_loss", "soft_targets", "hint_loss", "attention_ma
 def soft_targets(teacher_logits: Sequence[Tensor], weights: Sequence[float],
                  temperature: float) -> Tensor:
     """The weighted mixture of the teachers' softened distributions, (B, C)."""
-    probs = [w * F.softmax(t.float() / temperature, dim=1) for t, w in zip(teacher_logits, weights)]
+    probs = [w * F.softmax(t.float() / temperature, dim=1)
+             for t, w in zip(teacher_logits, weights)]
     return torch.stack(probs).sum(0) / float(sum(weights))
 
 
 def soft_kd_loss(student_logits: Tensor, target_probs: Tensor, temperature: float) -> Tensor:
-    """``T² · KL(target ‖ softmax(s/T))`` averaged over the batch, for given target probabilities."""
+    """``T² · KL(target ‖ softmax(s/T))``, batch mean, for given target probabilities."""
     log_p = F.log_softmax(student_logits / temperature, dim=1)
     return F.kl_div(log_p, target_probs, reduction="batchmean") * temperature ** 2
 
