@@ -23,7 +23,7 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
                 width_mult: Annotated[Optional[float], typer.Option(help="Scale every width of the student (0.5 halves).")] = None,
                 depth_mult: Annotated[float, typer.Option(help="Scale the student's depth (ResNets).")] = 1.0,
                 temperature: Annotated[float, typer.Option(help="Softens teacher and student outputs.")] = 4.0,
-                alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to the labels.")] = 0.7,
+                alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to the labels.")] = 0.9,
                 alpha_schedule: Annotated[str, typer.Option(help="constant, warmup or decay.")] = "constant",
                 feature: LayerPairs = None,
                 feature_weight: float = 1.0,

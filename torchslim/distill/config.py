@@ -50,7 +50,7 @@ class DistillConfig:
     """
 
     temperature: float = 4.0         # softens both distributions; T² keeps gradients in scale
-    alpha: float = 0.7               # weight of the KD term; 1 - alpha goes to hard labels
+    alpha: float = 0.9               # weight of the KD term; 1 - alpha goes to hard labels
     alpha_schedule: str = "constant"  # "constant", "warmup" (0 -> alpha), "decay" (alpha -> 0)
     features: tuple[LayerPair, ...] = ()   # FitNets hints: MSE through an adapter if needed
     feature_weight: float = 1.0
