@@ -86,9 +86,13 @@ def test_config_validates(kwargs, error) -> None:
         LLMQuantConfig(**kwargs)
 
 
-def test_group_size_must_divide_in_features(tiny_llama) -> None:
-    with pytest.raises(ConfigError, match="not divisible"):
-        quantize_llm(tiny_llama, LLMQuantConfig(group_size=48))
+def test_group_size_that_does_not_divide_pads_the_last_group(tiny_llama, calib_ids) -> None:
+    ref = _logits(tiny_llama, calib_ids[:2])
+    for method in ("rtn", "gptq", "awq"):  # 128 and 256 inputs in groups of 96
+        q = quantize_llm(tiny_llama, LLMQuantConfig(method=method, group_size=96, block_size=96),
+                         calibration=calib_ids)
+        assert q.model.layers[0].mlp.down_proj.scales.shape == (128, 3)
+        assert sqnr_db(ref, _logits(q, calib_ids[:2])) > 10.0
 
 
 def test_label() -> None:

@@ -64,3 +64,16 @@ def test_quant_embedding_reads_the_tied_table() -> None:
     ids = torch.tensor([[0, 3, 49], [7, 7, 1]])
     assert torch.equal(emb(ids), head.weight_float()[ids])
     assert list(emb.state_dict()) == []  # the table is saved once, with the head
+
+
+def test_partial_last_group_is_padded_and_the_kernel_still_runs() -> None:
+    lin = nn.Linear(96, 32, bias=False)  # groups of 64: 96 inputs stored as 128
+    codes, scales, zeros = encode_weight(lin.weight.detach(), weight_only_spec(bits=4, group_size=64))
+    assert codes.shape == (32, 128) and scales.shape == (32, 2)
+    q = WeightOnlyLinear.from_codes(lin, codes, scales, zeros, bits=4, group_size=64)
+    assert q.weight_float().shape == (32, 96) and q.sqnr_db > 14.0
+    x = torch.randn(3, 96)
+    with torch.no_grad():
+        y = q(x)
+        assert q._kernel and q._kernel[0] == "int4"
+    assert sqnr_db(x @ q.weight_float().t(), y) > 35.0

@@ -6,17 +6,20 @@ place from them; ``quantize_llm`` runs the same layer-by-layer driver for all of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchslim.llm.calibrate import InputStats
+from torchslim.llm.clip import search_qparams
 from torchslim.llm.config import LLMQuantConfig
 from torchslim.llm.gptq import gptq_quantize
-from torchslim.llm.qlinear import W8A8Linear, WeightOnlyLinear, encode_weight
+from torchslim.llm.qlinear import W8A8Linear, WeightOnlyLinear, encode_weight, pad_columns
 from torchslim.llm.scaling import ScaleGroup, fold_scales_, scale_groups
 from torchslim.quant.affine import calc_qparams_for, fake_quantize
 
@@ -66,7 +69,7 @@ def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
         weight = torch.cat([lin.weight.detach() for _, lin in members])  # (sum N, K)
         codes, scales, zeros = gptq_quantize(weight, stats[members[0][0]].h(), cfg.spec,
                                              block_size=cfg.block_size, damp=cfg.damp,
-                                             act_order=cfg.act_order)
+                                             act_order=cfg.act_order, clip=cfg.clip_search)
         start = 0
         for name, linear in members:
             rows = slice(start, start + linear.out_features)
@@ -78,8 +81,9 @@ def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
 
 def _rounded(w: Tensor, cfg: LLMQuantConfig) -> Tensor:
     spec = cfg.spec
-    scale, zero = calc_qparams_for(w, spec)
-    return fake_quantize(w, scale, zero, spec)
+    padded = pad_columns(w, spec.group_size)
+    scale, zero = calc_qparams_for(padded, spec)
+    return fake_quantize(padded, scale, zero, spec)[:, : w.shape[1]]
 
 
 def awq_search(x: Tensor, x_mean: Tensor, weights: list[Tensor], cfg: LLMQuantConfig
@@ -101,6 +105,7 @@ def awq_search(x: Tensor, x_mean: Tensor, weights: list[Tensor], cfg: LLMQuantCo
 
 def apply_awq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
               skip: Callable[[str], bool]) -> None:
+    input_scale: dict[str, Tensor] = {}  # the s each Linear's input is now divided by
     for group in scale_groups(layer):
         if any(skip(n) or n not in stats for n in group.linears):
             continue
@@ -108,8 +113,33 @@ def apply_awq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
         weights = [layer.get_submodule(n).weight.detach() for n in group.linears]
         s, alpha = awq_search(first.sample(), first.mean_abs(), weights, cfg)
         fold_scales_(layer, group, s)
+        input_scale.update(dict.fromkeys(group.linears, s))
         logger.debug("awq %s: alpha=%.2f", group.prev, alpha)
-    apply_rtn(layer, stats, cfg, skip)
+    for name, linear in _linears(layer, skip):
+        if not cfg.clip_search or name not in stats:
+            replace_linear(layer, name, _rtn_linear(linear, cfg))
+            continue
+        x = stats[name].sample()  # (rows, K) as calibrated, before the scaling
+        if name in input_scale:
+            x = x / input_scale[name]
+        replace_linear(layer, name, _clipped_linear(linear, cfg, x.pow(2).mean(dim=0)))
+
+
+def _clipped_linear(linear: nn.Linear, cfg: LLMQuantConfig, importance: Tensor
+                    ) -> WeightOnlyLinear:
+    """RTN on group ranges chosen by ``search_qparams`` (AWQ's clipping search)."""
+    spec = cfg.spec
+    w = pad_columns(linear.weight.detach().float(), spec.group_size)  # (N, K_pad)
+    n, k_pad = w.shape
+    g = spec.group_size or k_pad
+    imp = F.pad(importance.float(), (0, k_pad - importance.numel())).reshape(-1, g)  # (G, g)
+    chan = dataclasses.replace(spec, granularity="per_channel", axis=0, group_size=None)
+    s, z = search_qparams(w.reshape(-1, g), chan, imp.repeat(n, 1))  # (N * G,)
+    shape = (n,) if spec.group_size is None else (n, k_pad // g)
+    codes, scales, zeros = encode_weight(linear.weight.detach(), spec, s.reshape(shape),
+                                         z.reshape(shape))
+    return WeightOnlyLinear.from_codes(linear, codes, scales, zeros, bits=cfg.bits,
+                                       group_size=cfg.group_size)
 
 
 def smooth_scales(act_max: Tensor, weights: list[Tensor], alpha: float) -> Tensor:

@@ -86,8 +86,7 @@ def quantize_llm(model: nn.Module, config: LLMQuantConfig | None = None, *,
     """
     cfg = config or LLMQuantConfig()
     skip = check_skip(model, cfg.skip)
-    layers = decoder_layers(model)
-    _check_groups(model, cfg, skip)
+    _check_model(model)
     algorithm = ALGORITHMS[cfg.method]
     new = _shared_copy(model).eval()
     new_layers = decoder_layers(new)
@@ -106,7 +105,7 @@ def quantize_llm(model: nn.Module, config: LLMQuantConfig | None = None, *,
                     layer, stats, cfg, lambda n: skipped(f"{p}.{n}")))
         else:
             for i, layer in enumerate(track(new_layers, description="quantizing layers",
-                                            total=len(layers))):
+                                            total=len(new_layers))):
                 algorithm.apply(layer, {}, cfg, lambda n, p=f"{prefix}.{i}": skipped(f"{p}.{n}"))
         if cfg.lm_head:
             _quantize_head_(new, skip)
@@ -115,13 +114,8 @@ def quantize_llm(model: nn.Module, config: LLMQuantConfig | None = None, *,
     return new
 
 
-def _check_groups(model: nn.Module, cfg: LLMQuantConfig, skip: tuple[str, ...]) -> None:
+def _check_model(model: nn.Module) -> None:
     layers = decoder_layers(model)
-    for name, m in layers.named_modules():
-        if type(m) is nn.Linear and cfg.group_size is not None and m.in_features % cfg.group_size:
-            raise ConfigError(f"layer {name!r}: in_features={m.in_features} is not divisible by "
-                              f"group_size={cfg.group_size}; pick a group_size dividing it or "
-                              "group_size=None")
     if not any(type(m) is nn.Linear for m in layers.modules()):
         raise UnsupportedModelError(f"{type(model).__name__}'s decoder layers hold no nn.Linear "
                                     "to quantize")

@@ -31,6 +31,7 @@ class LLMQuantConfig:
     n_samples: int = 64
     seq_len: int = 512
     batch_size: int = 8  # windows per forward during calibration (bounds activation memory)
+    clip_search: bool = True  # gptq / awq: per-group clipping that lowers the weighted error
     # gptq
     block_size: int = 128  # columns per lazy-update block
     damp: float = 0.01  # lambda = damp * mean(diag H)

@@ -19,6 +19,10 @@ import torch
 from torch import Tensor
 
 from torchslim.errors import UnsupportedModelError
+import torch.nn.functional as F
+
+from torchslim.llm.clip import search_qparams
+from torchslim.llm.qlinear import pad_columns
 from torchslim.quant.affine import QuantSpec, calc_qparams_for
 
 __all__ = ["gptq_quantize"]
@@ -55,18 +59,21 @@ def _single_thread() -> Iterator[None]:
 
 
 def gptq_quantize(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int = 128,
-                  damp: float = 0.01, act_order: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """``(codes uint8 (N, K), scales (N, G), zeros uint8 (N, G))`` for ``weight`` ``(N, K)``
-    given ``hessian`` ``(K, K)``; same layout as ``encode_weight``."""
+                  damp: float = 0.01, act_order: bool = False, clip: bool = False
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(codes uint8 (N, K_pad), scales (N, G), zeros uint8 (N, G))`` for ``weight``
+    ``(N, K)`` given ``hessian`` ``(K, K)``; same layout as ``encode_weight``. ``clip``:
+    each group's range from ``search_qparams`` weighted by ``diag H``, not min-max."""
     with _single_thread():
         return _gptq(weight, hessian, spec, block_size=block_size, damp=damp,
-                     act_order=act_order)
+                     act_order=act_order, clip=clip)
 
 
 def _gptq(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int, damp: float,
-          act_order: bool) -> tuple[Tensor, Tensor, Tensor]:
-    w = weight.detach().float().clone()
-    h = hessian.detach().double().clone()  # float64 for the factorisation only
+          act_order: bool, clip: bool) -> tuple[Tensor, Tensor, Tensor]:
+    w = pad_columns(weight.detach().float(), spec.group_size).clone()  # (N, K_pad)
+    extra = w.shape[1] - weight.shape[1]  # padding columns: "dead" inputs (H = 0)
+    h = F.pad(hessian.detach().double(), (0, extra, 0, extra))  # float64 to factorise
     n, k = w.shape
     dead = h.diagonal() == 0  # inputs never active: any value works, make it exact zero
     h[dead, dead] = 1.0
@@ -78,9 +85,14 @@ def _gptq(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int, 
     scales = torch.zeros(n, groups, dtype=torch.float32)
     zeros = torch.zeros(n, groups, dtype=torch.int32)
     static = act_order or spec.group_size is None
+    hdiag = h.diagonal().float()
+
+    def grid(cols: Tensor, imp: Tensor) -> tuple[Tensor, Tensor]:
+        return search_qparams(cols, chan, imp) if clip else calc_qparams_for(cols, chan)
+
     if static:  # every group's grid from the original weight (per channel: one group)
         for j in range(groups):
-            s, z = calc_qparams_for(w[:, j * g:(j + 1) * g].float(), chan)
+            s, z = grid(w[:, j * g:(j + 1) * g], hdiag[j * g:(j + 1) * g])
             scales[:, j], zeros[:, j] = s, z
     if act_order:
         perm = torch.argsort(h.diagonal(), descending=True)
@@ -100,7 +112,7 @@ def _gptq(weight: Tensor, hessian: Tensor, spec: QuantSpec, *, block_size: int, 
             col = order[i1 + i]
             j = col // g
             if not static and col % g == 0:  # the group's first column: fix its grid now
-                s, z = calc_qparams_for(w1[:, i:i + g].float(), chan)
+                s, z = grid(w1[:, i:i + g], hdiag[i1 + i:i1 + i + g])
                 scales[:, j], zeros[:, j], zeros_f[:, j] = s, z, z
             s, z = scales[:, j], zeros_f[:, j]
             q = torch.clamp(torch.round(w1[:, i] / s) + z, spec.qmin, spec.qmax)  # (N,)

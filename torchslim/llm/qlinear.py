@@ -15,13 +15,16 @@ compute, not memory, bounds the time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchslim.quant.affine import QuantSpec, calc_qparams_for, quantize, sqnr_db
+from torchslim.quant.affine import QuantSpec, calc_qparams_for, quantize
 
 __all__ = ["WeightOnlyLinear", "W8A8Linear", "QuantEmbedding", "encode_weight", "pack_int4",
+           "padded_width", "pad_columns",
            "unpack_int4", "KERNEL_MAX_ROWS"]
 
 KERNEL_MAX_ROWS = 32  # rows up to which the packed kernels beat dequantize + fp32 GEMM
@@ -40,19 +43,45 @@ def unpack_int4(packed: Tensor) -> Tensor:
     return torch.stack((lo, hi), dim=-1).reshape(packed.shape[0], -1)
 
 
+def padded_width(k: int, group_size: int | None) -> int:
+    """``k`` rounded up to whole groups: 576 inputs in groups of 128 are stored as 640."""
+    return k if group_size is None else -(-k // group_size) * group_size
+
+
+def pad_columns(weight: Tensor, group_size: int | None) -> Tensor:
+    """``(N, K)`` -> ``(N, K_pad)`` with zero columns: a last, partial group is quantized
+    on its real values only (the grid always contains 0), and zero inputs meet the
+    padding in the kernel, so the padded columns never contribute."""
+    extra = padded_width(weight.shape[1], group_size) - weight.shape[1]
+    return F.pad(weight, (0, extra)) if extra else weight
+
+
 def encode_weight(weight: Tensor, spec: QuantSpec, scale: Tensor | None = None,
                   zero_point: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Round-to-nearest codes of a Linear ``weight`` ``(N, K)`` on ``spec``'s grid:
-    ``(codes uint8 (N, K), scales float32 (N, G), zeros uint8 (N, G))``, ``G`` groups per
-    row (1 per channel). ``scale`` / ``zero_point`` default to min-max of ``weight``."""
+    ``(codes uint8 (N, K_pad), scales float32 (N, G), zeros uint8 (N, G))``, ``G`` groups
+    per row (1 per channel), ``K_pad = padded_width(K)``. ``scale`` / ``zero_point``
+    default to min-max of ``weight``."""
+    weight = pad_columns(weight.float(), spec.group_size)
     if scale is None or zero_point is None:
         scale, zero_point = calc_qparams_for(weight, spec)
-    q = quantize(weight.float(), scale, zero_point, spec).to(torch.int32)
+    q = quantize(weight, scale, zero_point, spec).to(torch.int32)
     n = weight.shape[0]
     offset = 2 ** (spec.bits - 1) if spec.signed else 0  # signed grid -> unsigned codes
     codes = (q + offset).to(torch.uint8)
     zeros = (zero_point.reshape(n, -1).to(torch.int32) + offset).to(torch.uint8)
     return codes, scale.reshape(n, -1).float(), zeros
+
+
+def sqnr_db(w: Tensor, w_hat: Tensor) -> float:
+    """``10 log10(|w|^2 / |w - w_hat|^2)``; float32 temporaries with float64 sums, so a
+    49152 x 576 output projection does not need two float64 copies."""
+    w = w.detach().float()
+    noise = float((w - w_hat.float()).pow(2).sum(dtype=torch.float64))
+    signal = float(w.pow(2).sum(dtype=torch.float64))
+    if noise == 0.0:
+        return math.inf
+    return -math.inf if signal == 0.0 else 10.0 * math.log10(signal / noise)
 
 
 class WeightOnlyLinear(nn.Module):
@@ -64,8 +93,9 @@ class WeightOnlyLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size
-        groups = 1 if group_size is None else in_features // group_size
-        width = in_features // 2 if bits == 4 else in_features
+        self.padded = padded_width(in_features, group_size)  # stored columns
+        groups = 1 if group_size is None else self.padded // group_size
+        width = self.padded // 2 if bits == 4 else self.padded
         self.register_buffer("qweight", torch.zeros(out_features, width, dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, groups))
         self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.uint8))
@@ -87,18 +117,19 @@ class WeightOnlyLinear(nn.Module):
 
     @property
     def group(self) -> int:
-        return self.in_features if self.group_size is None else self.group_size
+        return self.padded if self.group_size is None else self.group_size
 
     def codes(self) -> Tensor:
-        """``(N, K)`` uint8 codes."""
+        """``(N, K_pad)`` uint8 codes."""
         return unpack_int4(self.qweight) if self.bits == 4 else self.qweight
 
     def dequantize_rows(self, codes: Tensor, scales: Tensor, zeros: Tensor) -> Tensor:
-        """Float32 weights of some rows: ``(..., K)`` codes with ``(..., G)`` scales / zeros."""
+        """Float32 weights of some rows: ``(..., K_pad)`` codes with ``(..., G)`` scales and
+        zeros -> ``(..., K)`` (the padding columns dropped)."""
         shape = codes.shape
         grouped = codes.reshape(*shape[:-1], -1, self.group).to(torch.float32)  # (..., G, g)
         w = (grouped - zeros.unsqueeze(-1).float()) * scales.unsqueeze(-1)
-        return w.reshape(shape)
+        return w.reshape(shape)[..., : self.in_features]
 
     def weight_float(self) -> Tensor:
         """The dequantized ``(N, K)`` float32 weight."""
@@ -109,7 +140,7 @@ class WeightOnlyLinear(nn.Module):
 
     def _build_kernel(self) -> tuple[str, Tensor, Tensor] | None:
         """Packed weights for the CPU kernel, or None where no kernel fits this layout."""
-        n, k = self.out_features, self.in_features
+        n, k = self.out_features, self.padded
         if self.bits == 4 and self.group in _INT4_KERNEL_GROUPS and k % self.group == 0:
             codes = self.codes().to(torch.int32)  # (N, K) in [0, 15]
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
@@ -135,6 +166,8 @@ class WeightOnlyLinear(nn.Module):
     def _kernel_forward(self, x: Tensor) -> Tensor:
         kind, packed, params = self._kernel  # type: ignore[misc]
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (rows, K)
+        if self.padded > self.in_features:  # zero inputs for the padding columns
+            x2 = F.pad(x2, (0, self.padded - self.in_features))
         if kind == "int4":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group, params)
         else:
