@@ -66,7 +66,8 @@ def _quantize_head_(model: nn.Module, skip: tuple[str, ...]) -> None:
     if any(matches(p, name) for p in skip):
         return
     spec = weight_only_spec(bits=8, group_size=None, symmetric=True)
-    codes, scales, zeros = encode_weight(head.weight.detach().float(), spec)
+    parts = [encode_weight(rows, spec) for rows in head.weight.detach().split(4096)]  # bounded temporaries
+    codes, scales, zeros = (torch.cat(t) for t in zip(*parts, strict=True))
     qhead = WeightOnlyLinear.from_codes(head, codes, scales, zeros, bits=8, group_size=None)
     embed = model.get_input_embeddings()
     tied = isinstance(embed, nn.Embedding) and embed.weight is head.weight

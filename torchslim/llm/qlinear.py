@@ -73,12 +73,15 @@ def encode_weight(weight: Tensor, spec: QuantSpec, scale: Tensor | None = None,
     return codes, scale.reshape(n, -1).float(), zeros
 
 
-def sqnr_db(w: Tensor, w_hat: Tensor) -> float:
-    """``10 log10(|w|^2 / |w - w_hat|^2)``; float32 temporaries with float64 sums, so a
-    49152 x 576 output projection does not need two float64 copies."""
-    w = w.detach().float()
-    noise = float((w - w_hat.float()).pow(2).sum(dtype=torch.float64))
-    signal = float(w.pow(2).sum(dtype=torch.float64))
+def _sqnr_db(weight: Tensor, layer: WeightOnlyLinear | W8A8Linear, chunk: int = 4096) -> float:
+    """``10 log10(|w|^2 / |w - w_hat|^2)`` over blocks of rows, so that a 49152 x 576
+    output projection never needs full-size float temporaries."""
+    noise = signal = 0.0
+    for start in range(0, weight.shape[0], chunk):
+        w = weight[start:start + chunk].detach().float()
+        w_hat = layer.weight_float(slice(start, start + chunk))
+        noise += float((w - w_hat).pow(2).sum(dtype=torch.float64))
+        signal += float(w.pow(2).sum(dtype=torch.float64))
     if noise == 0.0:
         return math.inf
     return -math.inf if signal == 0.0 else 10.0 * math.log10(signal / noise)
@@ -112,7 +115,7 @@ class WeightOnlyLinear(nn.Module):
         layer.scales, layer.zeros = scales.float().contiguous(), zeros.to(torch.uint8).contiguous()
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
-        layer.sqnr_db = sqnr_db(linear.weight, layer.weight_float())
+        layer.sqnr_db = _sqnr_db(linear.weight, layer)
         return layer
 
     @property
@@ -131,9 +134,11 @@ class WeightOnlyLinear(nn.Module):
         w = (grouped - zeros.unsqueeze(-1).float()) * scales.unsqueeze(-1)
         return w.reshape(shape)[..., : self.in_features]
 
-    def weight_float(self) -> Tensor:
-        """The dequantized ``(N, K)`` float32 weight."""
-        return self.dequantize_rows(self.codes(), self.scales, self.zeros)
+    def weight_float(self, rows: slice = slice(None)) -> Tensor:
+        """The dequantized ``(N, K)`` float32 weight (or some of its rows)."""
+        packed = self.qweight[rows]
+        codes = unpack_int4(packed) if self.bits == 4 else packed
+        return self.dequantize_rows(codes, self.scales[rows], self.zeros[rows])
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())
@@ -205,11 +210,11 @@ class W8A8Linear(nn.Module):
         layer.scales = scale
         if linear.bias is not None:
             layer.bias = linear.bias.detach().float().clone()
-        layer.sqnr_db = sqnr_db(linear.weight, layer.weight_float())
+        layer.sqnr_db = _sqnr_db(linear.weight, layer)
         return layer
 
-    def weight_float(self) -> Tensor:
-        return self.qweight.float() * self.scales[:, None]
+    def weight_float(self, rows: slice = slice(None)) -> Tensor:
+        return self.qweight[rows].float() * self.scales[rows, None]
 
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, self.in_features).float()  # (rows, K)
