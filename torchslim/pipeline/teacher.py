@@ -30,7 +30,12 @@ class TeacherRecipe:
     train_limit: int | None = None   # quick mode trains on a prefix of the training split
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        fields = asdict(self)
+        # Options added to TrainConfig later with a default that changes nothing for a
+        # teacher stay out of the key, so cached teachers remain valid.
+        if fields["train"].get("keep_masks", True):
+            fields["train"].pop("keep_masks", None)
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return f"{self.dataset}-{self.model}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 

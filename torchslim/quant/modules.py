@@ -20,6 +20,8 @@ def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> 
     new.weight = old.weight          # share the Parameter: QAT trains the same tensor
     new.bias = old.bias
     new.weight_fake_quant = weight_fake_quant
+    if getattr(old, "torchslim_masked", False):  # pruning mask: QAT keeps the zeros
+        new.torchslim_masked = True
     new.train(old.training)
     return new
 

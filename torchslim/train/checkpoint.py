@@ -21,8 +21,11 @@ from torch import nn
 from torchslim import _io
 from torchslim.config import VERSION
 from torchslim.errors import ArchitectureMismatchError, CheckpointError
+from torchslim.train.structure import STRUCTURE_KEY, restructure_, structure_of
 
 META_KEY = "torchslim"
+# Set on a model whose layer shapes differ from its architecture's (structured pruning).
+RESHAPED_ATTR = "torchslim_reshaped"
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -41,6 +44,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
     """Write ``path`` (.safetensors) and its ``.json`` sidecar; returns the weights path."""
     target = Path(path).with_suffix(".safetensors")
     sidecar = {"torchslim_version": VERSION, "architecture": spec or _spec_of(model), **meta}
+    if getattr(model, RESHAPED_ATTR, False):  # pruned: record the new channel counts
+        sidecar[STRUCTURE_KEY] = structure_of(model)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = st_save(state, metadata={META_KEY: json.dumps(sidecar)})
     _io.write_bytes(target, data)
@@ -82,8 +87,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     if "name" not in spec:
         raise CheckpointError(f"{weights_path(path)} records no architecture name")
     model = build_model(spec["name"], **spec.get("kwargs", {}))
+    if meta.get(STRUCTURE_KEY):
+        restructure_(model, meta[STRUCTURE_KEY], state)
+        setattr(model, RESHAPED_ATTR, True)
     load_state_(model, state, source=str(weights_path(path)))
     return model.eval(), meta
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """The model saved at ``path``, rebuilt (pruned channel counts included), in eval mode."""
+    return load_checkpoint(path)[0]
 
 
 def load_weights_(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class TrainConfig:
     threads: int | None = None      # torch threads; None keeps torch's default
     channels_last: bool = True      # NHWC makes oneDNN convolutions ~2x faster on CPU
     max_steps_per_epoch: int | None = None  # cap for quick runs and tests
+    keep_masks: bool = True         # pruned (masked) weights stay exactly zero while training
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -109,6 +110,10 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
     if ckpt is not None:
         _resume(st, ckpt)
     loss_fn = loss_fn or _cross_entropy(config.label_smoothing)
+    if config.keep_masks:
+        from torchslim.train.masks import KeepMasks, masked_layers
+        if masked_layers(model) and not any(isinstance(cb, KeepMasks) for cb in callbacks):
+            callbacks = [KeepMasks(), *callbacks]
     for cb in callbacks:
         cb.on_train_start(st)
     while st.epoch < config.epochs and not st.stop:
