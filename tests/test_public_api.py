@@ -5,7 +5,8 @@ import torchslim
 EXPECTED = {
     "__version__",
     "DataBundle", "load_data", "calibration_subset", "build_model", "list_models",
-    "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint",
+    "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint", "load",
+    "ChannelPruneConfig", "SparsityConfig", "PruneResult", "prune_",
     "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",

@@ -20,7 +20,8 @@ from torchslim.pipeline import DemoOptions, run_demo
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession
 from torchslim.runtime import load as load_session
-from torchslim.train import (Callback, TrainConfig, fit, load_checkpoint, save_checkpoint)
+from torchslim.prune import ChannelPruneConfig, PruneResult, SparsityConfig, prune_
+from torchslim.train import Callback, TrainConfig, fit, load, load_checkpoint, save_checkpoint
 from torchslim.quant import QuantSpec
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import LayerOverride, QuantConfig
@@ -35,7 +36,9 @@ __all__ = [
     # data and models
     "DataBundle", "load_data", "calibration_subset", "build_model", "list_models",
     # training and checkpoints
-    "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint",
+    "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint", "load",
+    # pruning
+    "ChannelPruneConfig", "SparsityConfig", "PruneResult", "prune_",
     # quantization
     "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     # runtimes and artifacts

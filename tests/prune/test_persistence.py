@@ -1,0 +1,85 @@
+"""A pruned model saves, reloads (in a new process too) and quantizes with its shapes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import torchslim
+from torchslim.export import export_onnx, export_qdq
+from torchslim.prune import ChannelPruneConfig, prune_channels_
+from torchslim.quant.api import qat, quantize
+from torchslim.train import TrainConfig, load_checkpoint, read_checkpoint, save_checkpoint
+from torchslim.zoo import build_model, model_spec
+
+X = torch.zeros(2, 1, 28, 28)
+
+
+def pruned_resnet() -> torch.nn.Module:
+    model = build_model("resnet8", width=16).eval()
+    prune_channels_(model, ChannelPruneConfig(target_macs=0.5), example_inputs=X)
+    return model
+
+
+def test_sidecar_records_channel_counts(tmp_path: Path) -> None:
+    model = pruned_resnet()
+    path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
+    _, meta = read_checkpoint(path)
+    assert meta["structure"]["layer1.0.conv1"]["out_channels"] == model.layer1[0].conv1.out_channels
+
+
+def test_reload_in_a_new_process_gives_identical_outputs(tmp_path: Path) -> None:
+    model = pruned_resnet()
+    path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
+    x = torch.randn(4, 1, 28, 28)
+    np.save(tmp_path / "x.npy", x.numpy())
+    with torch.no_grad():
+        expected = model(x).numpy()
+    code = ("import sys, numpy as np, torch, torchslim\n"
+            "m = torchslim.load(sys.argv[1])\n"
+            "x = torch.from_numpy(np.load(sys.argv[2]))\n"
+            "with torch.no_grad(): np.save(sys.argv[3], m(x).numpy())\n")
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, timeout=120)
+    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_reload_in_process(tmp_path: Path) -> None:
+    model = pruned_resnet()
+    path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
+    again, _ = load_checkpoint(path)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    assert torchslim.load(path).layer3[0].conv1.out_channels == model.layer3[0].conv1.out_channels
+
+
+def _conv_channels(path: Path) -> list[tuple[int, ...]]:
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: tuple(i.dims) for i in graph.initializer}
+    shapes = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            name = node.input[1]
+            if name not in inits:  # QDQ: the weight comes through DequantizeLinear
+                producer = next(n for n in graph.node if name in n.output)
+                name = producer.input[0]
+            shapes.append(inits[name][:2])
+    return shapes
+
+
+def test_ptq_and_qat_keep_the_pruned_channels(tmp_path: Path, digits_model) -> None:
+    _, data = digits_model
+    model = build_model("resnet8", width=16).eval()
+    x = torch.zeros(2, 1, 8, 8)
+    prune_channels_(model, ChannelPruneConfig(target_macs=0.5), example_inputs=x)
+    float_shapes = _conv_channels(export_onnx(model, tmp_path / "f.onnx", input_shape=(1, 8, 8)))
+    ptq = quantize(model, calibration=data.val, num_batches=2)
+    assert _conv_channels(export_qdq(ptq, tmp_path / "ptq.onnx", input_shape=(1, 8, 8))) == float_shapes
+    trained = qat(model, data.train, train_config=TrainConfig(epochs=1, lr=1e-3, max_steps_per_epoch=3))
+    assert _conv_channels(export_qdq(trained, tmp_path / "qat.onnx", input_shape=(1, 8, 8))) == float_shapes

@@ -1,0 +1,41 @@
+"""``prune_(model, config)``: one entry point, dispatched on the config's type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import Tensor, nn
+
+from torchslim.errors import ConfigError
+from torchslim.prune.sparsity import SparsityConfig, sparsify_
+from torchslim.prune.structured import ChannelPruneConfig, PruneResult, prune_channels_
+
+Pruner = Callable[..., Any]
+_BY_CONFIG: dict[type, Pruner] = {
+    ChannelPruneConfig: lambda model, config, example_inputs, data: prune_channels_(
+        model, config, example_inputs=_need(example_inputs), data=data),
+    SparsityConfig: lambda model, config, example_inputs, data: sparsify_(model, config, data=data),
+}
+
+
+def prune_(model: nn.Module, config: ChannelPruneConfig | SparsityConfig, *,
+           example_inputs: Tensor | None = None,
+           data: Iterable[Any] | None = None) -> PruneResult | dict[str, float]:
+    """Prune ``model`` in place.
+
+    ``ChannelPruneConfig`` removes channels (needs ``example_inputs``, one batch) and
+    returns a ``PruneResult``; ``SparsityConfig`` zeroes weights (unstructured or N:M) and
+    returns each layer's sparsity. ``data`` yields ``(x, y)`` batches for Taylor scores.
+    """
+    pruner = _BY_CONFIG.get(type(config))
+    if pruner is None:
+        raise ConfigError(f"config must be a ChannelPruneConfig or SparsityConfig, "
+                          f"got {type(config).__name__}")
+    return pruner(model, config, example_inputs, data)
+
+
+def _need(example_inputs: Tensor | None) -> Tensor:
+    if example_inputs is None:
+        raise ConfigError("structured pruning traces the model: pass example_inputs=<one batch>")
+    return example_inputs
