@@ -113,8 +113,28 @@ def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> s
         figures=_figures(candidates, baseline, names),
         confusion=_confusion(base, names), class_names=names,
         worst=_worst(candidates, base, names), candidates=candidates,
-        sensitivity=_sensitivity(report),
+        sensitivity=_sensitivity(report), pruning=_pruning(report),
         machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
+
+
+def _pruning(report: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-layer channels before/after and weight sparsity (``torchslim prune``)."""
+    block = report.get("pruning")
+    if not block:
+        return None
+    layers = block.get("layers") or {}
+    sparsity = block.get("sparsity") or {}
+    rows = []
+    for name in sorted(set(layers) | set(sparsity)):
+        shape = layers.get(name) or {}
+        cin, cout = shape.get("in", ["-", "-"]), shape.get("out", ["-", "-"])
+        rows.append([name, f"{cin[0]} → {cin[1]}", f"{cout[0]} → {cout[1]}",
+                     f"{100 * sparsity[name]:.1f}%" if name in sparsity else "-"])
+    note = (f"MACs {block.get('macs_before', 0):,} → {block.get('macs_after', 0):,}, "
+            f"parameters {block.get('params_before', 0):,} → {block.get('params_after', 0):,}, "
+            "counted on the rewritten model.")
+    return {"headers": ["layer", "in channels", "out channels", "zero weights"],
+            "rows": rows, "note": note}
 
 
 def _sensitivity(report: dict[str, Any]) -> dict[str, Any] | None:
