@@ -167,6 +167,25 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
     return rows, _settings(args, s)
 
 
+def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """KD at each (T, alpha) of ``--grid``, scored on the VALIDATION split only: how T and
+    alpha are chosen without looking at the test set."""
+    with step("loading data and teachers"):
+        s = load_setup(args)
+    points: list[dict[str, Any]] = []
+    for temperature, alpha in args.grid:
+        for seed in args.seeds:
+            with step(f"kd T={temperature} alpha={alpha}, seed {seed}"):
+                cfg = DistillConfig(temperature=temperature, alpha=alpha, cache_teacher=True,
+                                    train=s.train_config(seed))
+                model = distill(s.build(s.student, seed), s.teachers[0], s.data, cfg)
+            points.append({"temperature": temperature, "alpha": alpha, "seed": seed,
+                           "val_top1": accuracy(model, s.data.val)})
+            write_results(args.out, "distill", args.threads, [], sweep=points,
+                          settings=_settings(args, s))
+    return points
+
+
 def _settings(args: argparse.Namespace, s: Setup) -> dict[str, Any]:
     return {"dataset": s.data.info.name, "split": "test", "n": len(s.data.test.dataset),
             "student": {"name": s.student[0], **s.student[1]},
@@ -214,6 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--second-teacher", type=Path, default=None,
                    help="second teacher checkpoint for multi-teacher (default: the cached "
                         "MobileNetV2 of bench/quant_peers.py, trained if absent)")
+    p.add_argument("--grid", default=None,
+                   help="T:alpha,T:alpha,...: instead of the methods, run KD at each point and "
+                        "report validation top-1 only (how T and alpha are chosen)")
     p.add_argument("--quick", action="store_true", help="digits and tiny models (smoke test)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -223,6 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {', '.join(TRAINERS)}")
     args.epochs = args.epochs or (2 if args.quick else 3)
+    args.grid = [tuple(float(v) for v in point.split(":")) for point in args.grid.split(",")
+                 if point.strip()] if args.grid else None
     return args
 
 
@@ -230,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     torch.set_num_threads(args.threads)
+    if args.grid:
+        for point in sweep(args):
+            print(f"T={point['temperature']:g} alpha={point['alpha']:g} seed {point['seed']}: "
+                  f"val top-1 {100 * point['val_top1']:.2f} %")
+        print(f"wrote {args.out}")
+        return 0
     rows, settings = run(args)
     write_results(args.out, "distill", args.threads, rows, settings=settings)
     print_table(rows, f"distill: {rows[1]['model'] if len(rows) > 1 else ''} top-1 on the "
