@@ -66,7 +66,8 @@ def _quantize_head_(model: nn.Module, skip: tuple[str, ...]) -> None:
     if any(matches(p, name) for p in skip):
         return
     spec = weight_only_spec(bits=8, group_size=None, symmetric=True)
-    parts = [encode_weight(rows, spec) for rows in head.weight.detach().split(4096)]  # bounded temporaries
+    # in blocks of rows, so the 49152 x 576 table never needs full-size temporaries
+    parts = [encode_weight(rows, spec) for rows in head.weight.detach().split(4096)]
     codes, scales, zeros = (torch.cat(t) for t in zip(*parts, strict=True))
     qhead = WeightOnlyLinear.from_codes(head, codes, scales, zeros, bits=8, group_size=None)
     embed = model.get_input_embeddings()

@@ -16,6 +16,7 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,7 +95,8 @@ def _parse(rdata, raw: bytes):  # type: ignore[no-untyped-def]
         return rdata.parser.parse_data(raw)
 
 
-def token_slice(tokenizer, text: str, *, start: int = 0, length: int | None = None) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def token_slice(tokenizer: Any, text: str, *, start: int = 0,
+                length: int | None = None) -> torch.Tensor:
     """``text`` tokenized (no special tokens) as a 1-D LongTensor, cut to
     ``[start, start + length)`` tokens."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
@@ -106,7 +108,7 @@ def token_slice(tokenizer, text: str, *, start: int = 0, length: int | None = No
     return piece
 
 
-def calibration_batches(tokenizer, texts: Sequence[str], *, n_samples: int = 64,  # type: ignore[no-untyped-def]
+def calibration_batches(tokenizer: Any, texts: Sequence[str], *, n_samples: int = 64,
                         seq_len: int = 512, seed: int = 0) -> torch.Tensor:
     """``(n_samples, seq_len)`` token ids: random windows of the concatenated ``texts``
     (a fixed ``seed``, so every method calibrates on the same tokens)."""

@@ -78,7 +78,8 @@ def load_causal_lm(path: str | os.PathLike[str], *, with_tokenizer: bool = True
     if gguf is not None:
         kwargs["gguf_file"] = gguf
     with _quiet_transformers(tf):
-        tokenizer = tf.AutoTokenizer.from_pretrained(directory, **kwargs) if with_tokenizer else None
+        tokenizer = (tf.AutoTokenizer.from_pretrained(directory, **kwargs)
+                     if with_tokenizer else None)
         if gguf is None and (directory / QUANT_MANIFEST).is_file():
             return _load_quantized(directory, tf), tokenizer
         try:

@@ -47,7 +47,10 @@ def scale_groups(layer: nn.Module, *, include_linear_prev: bool = True) -> list[
         if isinstance(prev, nn.Linear) and not include_linear_prev:
             continue
         k = names[group.linears[0]].in_features
-        width = prev.out_features if isinstance(prev, nn.Linear) else getattr(prev, "weight", torch.empty(0)).numel()
+        if isinstance(prev, nn.Linear):
+            width = prev.out_features
+        else:  # a norm: its per-channel weight
+            width = getattr(prev, "weight", torch.empty(0)).numel()
         if width == k:
             found.append(group)
     return found
