@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import torchslim
 from torchslim.cli import app
 from torchslim.train import save_checkpoint
 from torchslim.zoo import build_model
@@ -149,3 +150,37 @@ def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path
     assert len(layers) >= 8 and {"name", "metric_drop", "sqnr_db", "params"} <= set(layers[0])
     drops = [r["metric_drop"] for r in layers]
     assert drops == sorted(drops, reverse=True)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--target-macs", "1.5"], ("target_macs=1.5", "fraction to keep")),
+    (["--importance", "hessian"], ("hessian", "taylor")),
+    (["--unstructured", "--pattern", "2-4"], ("2-4", "2:4")),
+    (["--protect", "stem"], ("'stem'",)),
+])
+def test_prune_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
+                                   needles: tuple[str, ...]) -> None:
+    result = runner.invoke(app, ["prune", str(checkpoint), "--data", str(fake_fashion),
+                                 "--finetune-epochs", "0", *args])
+    _one_line_error(result, *needles)
+
+
+@pytest.mark.slow
+def test_prune_writes_a_smaller_checkpoint_and_a_report(fake_fashion: Path, tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "ck" / "resnet8.safetensors", build_model("resnet8", width=16),
+                           dataset="fashion-mnist")
+    out = tmp_path / "p"
+    result = runner.invoke(app, ["prune", str(ckpt), "--data", str(fake_fashion), "--structured",
+                                 "--target-macs", "0.5", "--steps", "2", "--finetune-epochs", "1",
+                                 "--batch-sizes", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    pruning = report["pruning"]
+    assert abs(pruning["macs_after"] / pruning["macs_before"] - 0.5) <= 0.03 * 0.5
+    assert len(pruning["steps"]) == 2
+    assert pruning["layers"]["layer3.0.conv1"]["out"][1] < 64
+    assert [c["name"] for c in report["candidates"]][-1] == "resnet8-pruned-onnxruntime"
+    assert report["candidates"][-1]["macs"] == pruning["macs_after"]
+    pruned = torchslim.load(out / "resnet8-pruned.safetensors")
+    assert pruned.layer3[0].conv1.out_channels == pruning["layers"]["layer3.0.conv1"]["out"][1]
+    assert "Pruning: channels and sparsity per layer" in (out / "report.html").read_text()
