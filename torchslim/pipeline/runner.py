@@ -1,0 +1,280 @@
+"""The recipe runner: stages in order, measured after each, guarded by the accuracy budget.
+
+Output directory layout (every file written atomically)::
+
+    recipe.json                     the validated recipe and its fingerprint
+    pipeline.json                   the stage log: every attempt so far, then the verdict
+    stages/00-baseline/             the starting model (checkpoint + ONNX)
+    stages/02-prune/attempt-1/      model.safetensors (+ .json), model.onnx, attempt.json
+    stages/02-prune/stage.json      the stage's outcome: written last, so it marks "done"
+    model.onnx, report.json/.html   the shipped artifact and the report
+
+Each attempt's state is reloaded from its files before the next stage uses it, so a run
+resumed after SIGKILL (``resume=True``) continues from exactly what an uninterrupted run
+would have had: finished stages and attempts are read back, the interrupted attempt is
+started again from its own seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim import _io
+from torchslim.data import DataBundle
+from torchslim.errors import ConfigError
+from torchslim.evaluate import EvalResult, evaluate
+from torchslim.export import export_onnx
+from torchslim.pipeline import setup
+from torchslim.pipeline.quantize import RUNTIMES
+from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
+from torchslim.pipeline.stages import ARTIFACT, StageContext, State, run_stage
+from torchslim.train import save_checkpoint
+
+__all__ = ["run_recipe", "RunResult", "measure"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "model.safetensors"
+
+
+@dataclass
+class RunResult:
+    """What ``run_recipe`` returns: the report's paths, the final results and the log."""
+
+    out: Path
+    verdict: str
+    artifact: Path
+    pipeline: dict[str, Any]
+    results: list[EvalResult] = field(default_factory=list)
+    report: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One run's working set: the recipe, its inputs, the guard's reference, the log."""
+
+    recipe: Recipe
+    out: Path
+    ctx: StageContext
+    builder: Any                      # rebuilds the starting architecture (non-zoo models)
+    baseline_top1: float = 0.0        # val top-1 of the starting model on PyTorch fp32
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def allowed_drop(self) -> float:
+        return self.recipe.budget.allowed_drop(self.baseline_top1)
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.out))
+
+    def write_log(self, **extra: Any) -> None:
+        _io.write_json(self.out / "pipeline.json", {
+            "recipe": self.recipe.name, "baseline_val_top1": self.baseline_top1,
+            "allowed_drop": self.allowed_drop, "stages": self.stages,
+            "attempts": self.attempts, **extra})
+
+
+def fingerprint(recipe: Recipe) -> str:
+    """What a resumed run must share with the interrupted one (the output may move)."""
+    blob = recipe.model_dump_json(exclude={"output"})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: bool = False,
+               output: str | Path | None = None) -> RunResult:
+    """Run a recipe (a ``Recipe`` or a YAML path) end to end; see the module docstring."""
+    from torchslim.pipeline.summary import finish
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    if output is not None:
+        recipe = recipe.model_copy(update={"output": str(output)})
+    out = recipe.output_dir
+    _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
+    torch.set_num_threads(recipe.target.threads)
+    run, state = _start(recipe, out, resume=resume)
+    for i, stage in enumerate(recipe.stages):
+        state, status = _stage(run, i, stage, state)
+        if status == "stopped":
+            break
+    return finish(run, state)
+
+
+def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
+    saved = out / "recipe.json"
+    if saved.is_file() and not resume:
+        if not overwrite:
+            raise ConfigError(f"output {out} already holds a run ({saved}); pass --resume to "
+                              "continue it, --overwrite to start again, or another output")
+        shutil.rmtree(out / "stages", ignore_errors=True)
+        (out / "pipeline.json").unlink(missing_ok=True)
+    elif saved.is_file():
+        old = _io_read(saved).get("fingerprint")
+        if old != fingerprint(recipe):
+            raise ConfigError(f"the recipe changed since the run in {out} started "
+                              f"(fingerprint {old} -> {fingerprint(recipe)}); resume it with "
+                              "the same recipe or pass --overwrite to start again")
+    _io.write_json(saved, {"fingerprint": fingerprint(recipe),
+                           "recipe": recipe.model_dump(mode="json")})
+
+
+def _io_read(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _start(recipe: Recipe, out: Path, *, resume: bool) -> tuple[_Run, State]:
+    """Load data and models, save (or reload) the starting point, measure the baseline."""
+    torch.manual_seed(recipe.seed)
+    data = setup.load_data_for(recipe)
+    model, builder = setup.load_model_for(recipe, recipe.model, data, args=recipe.model_args)
+    teacher = model if recipe.teacher is None else \
+        setup.load_model_for(recipe, recipe.teacher, data, args={})[0]
+    ctx = StageContext(data=data, teacher=teacher.eval(), target=recipe.target, seed=recipe.seed)
+    run = _Run(recipe=recipe, out=out, ctx=ctx, builder=builder)
+    bdir = out / "stages" / "00-baseline"
+    if resume and (bdir / CHECKPOINT).is_file():
+        model = setup.load_float(bdir / CHECKPOINT, builder)
+    else:
+        save_checkpoint(bdir / CHECKPOINT, model, dataset=data.info.name)
+        model = setup.load_float(bdir / CHECKPOINT, builder)
+    artifact = export_onnx(model, bdir / ARTIFACT, input_shape=ctx.input_shape)
+    state = State(model=model, artifact=artifact, checkpoint=bdir / CHECKPOINT)
+    torch_val = measure(run, state, on_torch=True)
+    run.baseline_top1 = torch_val["val_top1"]
+    state.record = {"metrics": measure(run, state)}
+    run.stages.append({"stage": "00-baseline", "kind": "baseline", "status": "start",
+                       "metrics": state.record["metrics"], "torch_metrics": torch_val})
+    logger.info("baseline: val top-1 %.4f on PyTorch fp32; allowed drop %.4f",
+                run.baseline_top1, run.allowed_drop)
+    run.write_log()
+    return run, state
+
+
+def measure(run: _Run, state: State, *, on_torch: bool = False) -> dict[str, Any]:
+    """Validation top-1, latency and size of ``state`` on the target runtime (or PyTorch)."""
+    target = run.recipe.target
+    if on_torch:
+        from torchslim.runtime import TorchSession
+        session: Any = TorchSession(state.model, threads=target.threads)
+    else:
+        session = RUNTIMES.get(target.runtime)(state.artifact, target.threads,
+                                               None if state.precision == "fp32" else "int8")
+    result = evaluate(session, run.ctx.data.val, batch_sizes=target.batch_sizes,
+                      repeats=target.stage_repeats, warmup=1, model=state.model,
+                      measure_memory=False)
+    return {"val_top1": result.top1, "runtime": result.runtime, "precision": state.precision,
+            "p50_ms": {b: s["p50"] for b, s in result.latency_ms.items()},
+            "bytes": result.bytes, "params": result.params, "macs": result.macs}
+
+
+def _stage(run: _Run, i: int, stage: StageOptions, state: State) -> tuple[State, str]:
+    """Run (or read back) one stage; returns the state after it and its status."""
+    name = stage_name(i, stage)
+    sdir = run.out / "stages" / name
+    done = _io_read(sdir / "stage.json")
+    if done:
+        run.attempts.extend(done["attempts"])
+        run.stages.append(done)
+        logger.info("%s: finished before (%s), reusing it", name, done["status"])
+        accepted = done.get("accepted")
+        return (state if accepted is None else _restore(run, done["attempts"][accepted], state),
+                done["status"])
+    records: list[dict[str, Any]] = []
+    new_state, accepted = state, None
+    for k, opts in enumerate(stage.attempts()):
+        record = _attempt(run, i, k, stage, opts, state, sdir / f"attempt-{k}")
+        records.append(record)
+        run.attempts.append(record)
+        run.write_log()
+        if record["verdict"] == "accepted":
+            new_state, accepted = _restore(run, record, state), k
+            break
+    status = "done" if accepted is not None else ("skipped" if stage.on_fail == "skip"
+                                                  else "stopped")
+    entry = {"stage": name, "kind": stage.kind, "status": status, "accepted": accepted,
+             "attempts": records,
+             "metrics": records[accepted]["metrics"] if accepted is not None else None}
+    _io.write_json(sdir / "stage.json", entry)
+    run.stages.append(entry)
+    run.write_log()
+    if accepted is None:
+        logger.warning("%s: every attempt broke the budget; %s", name,
+                       "skipping the stage" if status == "skipped" else "stopping the run")
+    return new_state, status
+
+
+def _attempt(run: _Run, i: int, k: int, stage: StageOptions, opts: StageOptions, state: State,
+             adir: Path) -> dict[str, Any]:
+    """One attempt: run, export, measure on val, judge against the budget; or read it back."""
+    saved = _io_read(adir / "attempt.json")
+    if saved:
+        return saved
+    shutil.rmtree(adir, ignore_errors=True)   # what a killed attempt left behind
+    _seed(run.recipe.seed * 1_000 + i * 10 + k)
+    t0 = time.monotonic()
+    new = run_stage(state, opts, run.ctx, adir)
+    if new.artifact == state.artifact:        # export: nothing changed, nothing to re-measure
+        metrics, new.checkpoint = state.record["metrics"], state.checkpoint
+    else:
+        if new.model is not state.model:
+            new.checkpoint = save_checkpoint(adir / CHECKPOINT, new.model,
+                                             dataset=run.ctx.data.info.name)
+        else:
+            new.checkpoint = state.checkpoint
+        metrics = measure(run, new)
+    drop = run.baseline_top1 - metrics["val_top1"]
+    ok = drop <= run.allowed_drop + 1e-9
+    record = {"stage": stage_name(i, stage), "kind": stage.kind, "attempt": k,
+              "options": stage.fallbacks[k - 1] if k else {}, "metrics": metrics,
+              "val_drop": round(drop, 6), "allowed_drop": round(run.allowed_drop, 6),
+              "verdict": "accepted" if ok else "rolled back",
+              "seconds": round(time.monotonic() - t0, 2), "record": new.record,
+              "artifact": run.rel(new.artifact), "checkpoint": run.rel(new.checkpoint),
+              "precision": new.precision}
+    _io.write_json(adir / "attempt.json", record)
+    logger.info("%s attempt %d: val top-1 %.4f (drop %.4f, allowed %.4f) -> %s",
+                record["stage"], k, metrics["val_top1"], drop, run.allowed_drop,
+                record["verdict"])
+    return record
+
+
+def _restore(run: _Run, record: dict[str, Any], previous: State) -> State:
+    """The accepted attempt's state, read back from its files."""
+    ckpt = run.out / record["checkpoint"]
+    model = setup.load_float(ckpt, run.builder)
+    return State(model=model, artifact=run.out / record["artifact"],
+                 precision=record["precision"], checkpoint=ckpt,
+                 record={"metrics": record["metrics"], **record["record"]})
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def data_of(run: _Run) -> DataBundle:
+    return run.ctx.data
+
+
+def baseline_model(run: _Run) -> nn.Module:
+    return setup.load_float(run.out / "stages" / "00-baseline" / CHECKPOINT, run.builder)
