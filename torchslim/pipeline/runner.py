@@ -67,6 +67,7 @@ class _Run:
     ctx: StageContext
     builder: Any                      # rebuilds the starting architecture (non-zoo models)
     baseline_top1: float = 0.0        # val top-1 of the starting model on PyTorch fp32
+    guard: bool = True                # False (search): keep every attempt, judge it only
     attempts: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
@@ -100,17 +101,17 @@ def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: 
     if output is not None:
         recipe = recipe.model_copy(update={"output": str(output)})
     out = recipe.output_dir
-    _prepare_output(out, recipe, resume=resume, overwrite=overwrite)
+    prepare_output(out, recipe, resume=resume, overwrite=overwrite)
     torch.set_num_threads(recipe.target.threads)
-    run, state = _start(recipe, out, resume=resume)
+    run, state = start(recipe, out, resume=resume)
     for i, stage in enumerate(recipe.stages):
-        state, status = _stage(run, i, stage, state)
+        state, status = run_stage_guarded(run, i, stage, state)
         if status == "stopped":
             break
     return finish(run, state)
 
 
-def _prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
+def prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
     saved = out / "recipe.json"
     if saved.is_file() and not resume:
         if not overwrite:
@@ -137,7 +138,7 @@ def _io_read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _start(recipe: Recipe, out: Path, *, resume: bool) -> tuple[_Run, State]:
+def start(recipe: Recipe, out: Path, *, resume: bool) -> tuple[_Run, State]:
     """Load data and models, save (or reload) the starting point, measure the baseline."""
     torch.manual_seed(recipe.seed)
     data = setup.load_data_for(recipe)
@@ -182,10 +183,12 @@ def measure(run: _Run, state: State, *, on_torch: bool = False) -> dict[str, Any
             "bytes": result.bytes, "params": result.params, "macs": result.macs}
 
 
-def _stage(run: _Run, i: int, stage: StageOptions, state: State) -> tuple[State, str]:
-    """Run (or read back) one stage; returns the state after it and its status."""
+def run_stage_guarded(run: _Run, i: int, stage: StageOptions, state: State, *,
+                      dirname: str | None = None) -> tuple[State, str]:
+    """Run (or read back) one stage into ``stages/<dirname or its name>``; returns the
+    state after it and its status ("done", "skipped" or "stopped")."""
     name = stage_name(i, stage)
-    sdir = run.out / "stages" / name
+    sdir = run.out / "stages" / (dirname or name)
     done = _io_read(sdir / "stage.json")
     if done:
         run.attempts.extend(done["attempts"])
@@ -239,10 +242,11 @@ def _attempt(run: _Run, i: int, k: int, stage: StageOptions, opts: StageOptions,
         metrics = measure(run, new)
     drop = run.baseline_top1 - metrics["val_top1"]
     ok = drop <= run.allowed_drop + 1e-9
+    verdict = "accepted" if ok or not run.guard else "rolled back"
     record = {"stage": stage_name(i, stage), "kind": stage.kind, "attempt": k,
               "options": stage.fallbacks[k - 1] if k else {}, "metrics": metrics,
               "val_drop": round(drop, 6), "allowed_drop": round(run.allowed_drop, 6),
-              "verdict": "accepted" if ok else "rolled back",
+              "within_budget": ok, "verdict": verdict,
               "seconds": round(time.monotonic() - t0, 2), "record": new.record,
               "artifact": run.rel(new.artifact), "checkpoint": run.rel(new.checkpoint),
               "precision": new.precision}

@@ -195,7 +195,7 @@ def render_pipeline(block: dict[str, Any], *, extra_figures: dict[str, str] | No
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(a['stage'])}</td><td>{a['attempt']}</td><td>{esc(str(a['options']))}</td>"
-        f"<td>{a['metrics']['val_top1']:.4f}</td><td>{100 * a['val_drop']:+.2f}</td>"
+        f"<td>{a['metrics']['val_top1']:.4f}</td><td>{-100 * a['val_drop']:+.2f}</td>"
         f"<td>{esc(str(a['metrics']['p50_ms']))}</td><td>{a['metrics']['bytes'] or 0:,}</td>"
         f"<td>{a['seconds']}</td><td>{esc(a['verdict'])}</td></tr>" for a in block["attempts"])
     checks = "".join(f"<li>{esc(c['check'])}: {c['value']} {c['op']} {c['limit']} — "
@@ -213,6 +213,6 @@ def render_pipeline(block: dict[str, Any], *, extra_figures: dict[str, str] | No
             f"<ul>{checks}</ul><p>artifact: <code>{esc(str(block.get('artifact')))}</code><br>"
             f"serve: <code>{esc(str(block.get('serve')))}</code></p>"
             "<h2>Every attempt (validation split, target runtime)</h2><table><tr><th>stage</th>"
-            "<th>attempt</th><th>overrides</th><th>val top-1</th><th>drop (pts)</th>"
+            "<th>attempt</th><th>overrides</th><th>val top-1</th><th>Δ top-1 (pts)</th>"
             "<th>p50 ms</th><th>bytes</th><th>s</th><th>verdict</th></tr>"
             f"{rows}</table>{imgs}")
