@@ -141,6 +141,8 @@ class StageOptions(_Strict):
     kind: str
     name: str | None = None
     on_fail: Literal["skip", "stop"] = "skip"
+    max_drop: float | None = Field(None, ge=0, le=1)   # this stage's share: the total drop
+                                                        # allowed after it (<= the budget's)
     fallbacks: tuple[dict[str, Any], ...] = ()
 
     @classmethod
@@ -196,7 +198,7 @@ class PruneOptions(StageOptions):
         return self
 
     def job_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"kind", "name", "on_fail", "fallbacks"})
+        return self.model_dump(exclude={"kind", "name", "on_fail", "fallbacks", "max_drop"})
 
 
 class QuantizeOptions(StageOptions):

@@ -241,18 +241,19 @@ def _attempt(run: _Run, i: int, k: int, stage: StageOptions, opts: StageOptions,
             new.checkpoint = state.checkpoint
         metrics = measure(run, new)
     drop = run.baseline_top1 - metrics["val_top1"]
-    ok = drop <= run.allowed_drop + 1e-9
+    allowed = run.allowed_drop if opts.max_drop is None else min(run.allowed_drop, opts.max_drop)
+    ok = drop <= allowed + 1e-9
     verdict = "accepted" if ok or not run.guard else "rolled back"
     record = {"stage": stage_name(i, stage), "kind": stage.kind, "attempt": k,
               "options": stage.fallbacks[k - 1] if k else {}, "metrics": metrics,
-              "val_drop": round(drop, 6), "allowed_drop": round(run.allowed_drop, 6),
+              "val_drop": round(drop, 6), "allowed_drop": round(allowed, 6),
               "within_budget": ok, "verdict": verdict,
               "seconds": round(time.monotonic() - t0, 2), "record": new.record,
               "artifact": run.rel(new.artifact), "checkpoint": run.rel(new.checkpoint),
               "precision": new.precision}
     _io.write_json(adir / "attempt.json", record)
     logger.info("%s attempt %d: val top-1 %.4f (drop %.4f, allowed %.4f) -> %s",
-                record["stage"], k, metrics["val_top1"], drop, run.allowed_drop,
+                record["stage"], k, metrics["val_top1"], drop, allowed,
                 record["verdict"])
     return record
 
