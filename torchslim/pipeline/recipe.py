@@ -447,6 +447,9 @@ def parse_recipe(text: str, *, source: str = "<recipe>",
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(e, "problem", None) or str(e)
+        context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and where is not None and where.line + 1 != line:
+            problem = f"{problem} ({context} from line {where.line + 1})"
         raise ConfigError(f"{source}:{line}: invalid YAML: {' '.join(str(problem).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}:1: (top level): a recipe is a mapping with at least "
