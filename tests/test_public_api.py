@@ -11,7 +11,7 @@ EXPECTED = {
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",
     "EvalResult", "evaluate", "write_report",
-    "DemoOptions", "run_demo",
+    "DemoOptions", "run_demo", "Recipe", "load_recipe", "run_recipe",
     "TorchslimError", "ConfigError", "UnknownNameError", "DataNotFoundError",
     "DataFormatError", "CheckpointError", "ArchitectureMismatchError", "ArtifactError",
     "UnsupportedModelError", "MissingDependencyError",

@@ -16,7 +16,7 @@ from torchslim.errors import (ArchitectureMismatchError, ArtifactError, Checkpoi
                               UnsupportedModelError)
 from torchslim.evaluate import EvalResult, evaluate
 from torchslim.export import export_onnx, export_qdq
-from torchslim.pipeline import DemoOptions, run_demo
+from torchslim.pipeline import DemoOptions, Recipe, load_recipe, run_demo, run_recipe
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession
 from torchslim.runtime import load as load_session
@@ -47,7 +47,7 @@ __all__ = [
     # measuring and reporting
     "EvalResult", "evaluate", "write_report",
     # jobs
-    "DemoOptions", "run_demo",
+    "DemoOptions", "run_demo", "Recipe", "load_recipe", "run_recipe",
     # errors
     "TorchslimError", "ConfigError", "UnknownNameError", "DataNotFoundError",
     "DataFormatError", "CheckpointError", "ArchitectureMismatchError", "ArtifactError",

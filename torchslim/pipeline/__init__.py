@@ -1,6 +1,10 @@
-"""Jobs that chain the layers below: the demo now, recipes later."""
+"""Jobs that chain the layers below: recipes (stages under an accuracy budget), the demo."""
 
 from torchslim.pipeline.demo import DemoOptions, run_demo
+from torchslim.pipeline.recipe import Recipe, load_recipe, parse_recipe
+from torchslim.pipeline.runner import RunResult, run_recipe
+from torchslim.pipeline.search import SearchResult, search_recipe
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 
-__all__ = ["DemoOptions", "TeacherRecipe", "get_teacher", "run_demo"]
+__all__ = ["DemoOptions", "Recipe", "RunResult", "SearchResult", "TeacherRecipe", "get_teacher",
+           "load_recipe", "parse_recipe", "run_demo", "run_recipe", "search_recipe"]
