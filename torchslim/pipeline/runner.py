@@ -68,6 +68,7 @@ class _Run:
     builder: Any                      # rebuilds the starting architecture (non-zoo models)
     baseline_top1: float = 0.0        # val top-1 of the starting model on PyTorch fp32
     guard: bool = True                # False (search): keep every attempt, judge it only
+    model_info: dict[str, Any] = field(default_factory=dict)   # where the model came from
     attempts: list[dict[str, Any]] = field(default_factory=list)
     stages: list[dict[str, Any]] = field(default_factory=list)
 
@@ -92,8 +93,9 @@ def fingerprint(recipe: Recipe) -> str:
 
 
 def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: bool = False,
-               output: str | Path | None = None) -> RunResult:
-    """Run a recipe (a ``Recipe`` or a YAML path) end to end; see the module docstring."""
+               output: str | Path | None = None, cache: Path | None = None) -> RunResult:
+    """Run a recipe (a ``Recipe`` or a YAML path) end to end; see the module docstring.
+    ``cache`` is where pretrained models are cached (default: ``torchslim.config.cache_dir``)."""
     from torchslim.pipeline.summary import finish
 
     if not isinstance(recipe, Recipe):
@@ -103,7 +105,7 @@ def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: 
     out = recipe.output_dir
     prepare_output(out, recipe, resume=resume, overwrite=overwrite)
     torch.set_num_threads(recipe.target.threads)
-    run, state = start(recipe, out, resume=resume)
+    run, state = start(recipe, out, resume=resume, cache=cache)
     for i, stage in enumerate(recipe.stages):
         state, status = run_stage_guarded(run, i, stage, state)
         if status == "stopped":
@@ -138,15 +140,17 @@ def _io_read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def start(recipe: Recipe, out: Path, *, resume: bool) -> tuple[_Run, State]:
+def start(recipe: Recipe, out: Path, *, resume: bool,
+          cache: Path | None = None) -> tuple[_Run, State]:
     """Load data and models, save (or reload) the starting point, measure the baseline."""
     torch.manual_seed(recipe.seed)
     data = setup.load_data_for(recipe)
-    model, builder = setup.load_model_for(recipe, recipe.model, data, args=recipe.model_args)
+    model, builder, info = setup.load_model_for(recipe, recipe.model, data,
+                                                args=recipe.model_args, cache=cache)
     teacher = model if recipe.teacher is None else \
-        setup.load_model_for(recipe, recipe.teacher, data, args={})[0]
+        setup.load_model_for(recipe, recipe.teacher, data, args={}, cache=cache)[0]
     ctx = StageContext(data=data, teacher=teacher.eval(), target=recipe.target, seed=recipe.seed)
-    run = _Run(recipe=recipe, out=out, ctx=ctx, builder=builder)
+    run = _Run(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
     bdir = out / "stages" / "00-baseline"
     if resume and (bdir / CHECKPOINT).is_file():
         model = setup.load_float(bdir / CHECKPOINT, builder)

@@ -60,10 +60,11 @@ def as_bundle(loaded: Any, *, name: str, seed: int) -> DataBundle:
     return DataBundle(train=train, val=val, test=test, info=info, seed=seed)
 
 
-def load_model_for(recipe: Recipe, ref: str, data: DataBundle, *,
-                   args: dict[str, Any]) -> tuple[nn.Module, Builder]:
-    """(model, builder): builder rebuilds the architecture for checkpoints that carry no
-    zoo name (a user's entry point); None when the checkpoint can rebuild itself."""
+def load_model_for(recipe: Recipe, ref: str, data: DataBundle, *, args: dict[str, Any],
+                   cache: Path | None = None) -> tuple[nn.Module, Builder, dict[str, Any]]:
+    """(model, builder, info): builder rebuilds the architecture for checkpoints that carry
+    no zoo name (a user's entry point), None when the checkpoint can rebuild itself; info
+    says where the model came from (and whether a pretrained one came from the cache)."""
     from torchslim.zoo import build_model, list_models
 
     info = data.info
@@ -71,19 +72,21 @@ def load_model_for(recipe: Recipe, ref: str, data: DataBundle, *,
         if recipe.pretrain is None:
             logger.warning("model %s starts from random weights (no pretrain block)", ref)
             return build_model(ref, num_classes=info.num_classes,
-                               in_channels=info.input_shape[0], **args), None
-        return _pretrained(recipe, ref, data, args), None
+                               in_channels=info.input_shape[0], **args), None, {"zoo": ref}
+        model, cached = _pretrained(recipe, ref, data, args, cache)
+        return model, None, {"zoo": ref, "pretrained": True, "cached": cached}
     if ref.endswith((".safetensors", ".json")) or Path(ref).exists():
-        return load_checkpoint(ref)[0], None
+        return load_checkpoint(ref)[0], None, {"checkpoint": ref}
     fn = resolve_entry_point(ref)
     model = fn(**args)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model entry point {ref!r} returned {type(model).__name__}, "
                           "not a torch.nn.Module")
-    return model.eval(), lambda: fn(**args)
+    return model.eval(), lambda: fn(**args), {"entry_point": ref}
 
 
-def _pretrained(recipe: Recipe, ref: str, data: DataBundle, args: dict[str, Any]) -> nn.Module:
+def _pretrained(recipe: Recipe, ref: str, data: DataBundle, args: dict[str, Any],
+                cache: Path | None) -> tuple[nn.Module, bool]:
     """Train once, then reuse from the cache (the same cache as the default teacher)."""
     from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 
@@ -96,9 +99,9 @@ def _pretrained(recipe: Recipe, ref: str, data: DataBundle, args: dict[str, Any]
     teacher = TeacherRecipe(model=ref, model_kwargs=dict(args), dataset=dataset,
                             train=TrainConfig(epochs=pre.epochs, lr=pre.lr, seed=pre.seed),
                             train_limit=recipe.data_args.get("train_limit"))
-    model, _, cached = get_teacher(teacher, data)
+    model, _, cached = get_teacher(teacher, data, cache=cache)
     logger.info("%s %s", "reused cached" if cached else "trained", ref)
-    return model
+    return model, cached
 
 
 def load_float(path: Path, builder: Builder) -> nn.Module:

@@ -59,7 +59,7 @@ def finish(run: Any, state: State) -> Any:
                                  sample, batch=recipe.budget.batch, rounds=target.timing_rounds)
     checks = _checks(run, state, base, final, timing)
     verdict = "met" if all(c["ok"] for c in checks) else "not met"
-    block = {"recipe": recipe.name, "verdict": verdict, "checks": checks,
+    block = {"recipe": recipe.name, "verdict": verdict, "checks": checks, "model": run.model_info,
              "baseline_val_top1": run.baseline_top1, "allowed_drop": run.allowed_drop,
              "stages": run.stages, "attempts": run.attempts, "speedup": timing,
              "artifact": str(shipped), "serve": serve_hint(shipped, target.runtime)}
