@@ -1,12 +1,16 @@
-"""quantize_llm on a tiny random Llama: every method, the copy semantics, config checks."""
+"""quantize_llm on a tiny random Llama: every method, the copy and in-place semantics,
+config checks."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 from torchslim.errors import ConfigError, UnknownNameError
-from torchslim.llm import LLMQuantConfig, quantize_llm, quantized_layers, weight_sqnr
+from torchslim.llm import (LLMQuantConfig, quantize_llm, quantize_llm_, quantized_layers,
+                           weight_sqnr)
 from torchslim.llm.evaluate import model_nbytes
 from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear
 from torchslim.quant.affine import sqnr_db
@@ -42,6 +46,22 @@ def test_every_method_quantizes_all_linears_and_stays_close(cfg, tiny_llama, cal
     assert min(weight_sqnr(q).values()) > min_db
     for key, value in tiny_llama.state_dict().items():  # the input model is untouched
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.label + ("-ao" if c.act_order else ""))
+def test_in_place_variant_matches_the_copy_and_drops_float_weights(cfg, tiny_llama,
+                                                                   calib_ids) -> None:
+    ref = quantize_llm(tiny_llama, cfg, calibration=calib_ids)
+    model = copy.deepcopy(tiny_llama)
+    out = quantize_llm_(model, cfg, calibration=calib_ids)
+    assert out is model
+    expected, got = ref.state_dict(), model.state_dict()
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert torch.equal(_logits(model, calib_ids[:2]), _logits(ref, calib_ids[:2]))
+    # float parameters left: the RMSNorm weights only (2 per layer + the final one, 128 each)
+    assert sum(p.numel() for p in model.parameters()) == (2 * 2 + 1) * 128
 
 
 def test_gptq_and_awq_beat_rtn_at_3_bits(tiny_llama, calib_ids) -> None:

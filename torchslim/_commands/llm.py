@@ -81,7 +81,7 @@ def quantize_cmd(model: ModelPath,
     """Quantize MODEL's Linear layers and save the result (safetensors) to OUT."""
     import torch
 
-    from torchslim.llm import LLMQuantConfig, quantize_llm
+    from torchslim.llm import LLMQuantConfig, quantize_llm_
     from torchslim.llm.evaluate import model_nbytes
     from torchslim.llm.model import load_causal_lm, save_quantized
 
@@ -95,11 +95,14 @@ def quantize_cmd(model: ModelPath,
     if config.needs_calibration:
         texts = _read_texts(calib_text) if calib_text else _default_calibration()
     net, tokenizer = load_causal_lm(model)
+    fp32 = model_nbytes(net)
     t0 = time.perf_counter()
-    quantized = quantize_llm(net, config, calibration=texts, tokenizer=tokenizer)
+    # in place: the float model is not needed afterwards, and freeing each layer's float
+    # weights as it is quantized keeps peak memory near the float model's size
+    quantized = quantize_llm_(net, config, calibration=texts, tokenizer=tokenizer)
     seconds = time.perf_counter() - t0
     save_quantized(quantized, out, tokenizer=tokenizer)
-    fp32, qbytes = model_nbytes(net), model_nbytes(quantized)
+    qbytes = model_nbytes(quantized)
     out_console.print(f"{config.label}: {seconds:.1f} s, {qbytes:,} bytes "
                       f"({qbytes / fp32:.1%} of fp32 {fp32:,})\nsaved: {out}")
 

@@ -5,11 +5,11 @@ Importing this package needs only torch; loading models and reading the Austen d
 ``pip install 'torchslim[llm]'`` (transformers, gguf, rdata).
 """
 
-from torchslim.llm.api import quantize_llm, quantized_layers, weight_sqnr
+from torchslim.llm.api import quantize_llm, quantize_llm_, quantized_layers, weight_sqnr
 from torchslim.llm.config import METHODS, LLMQuantConfig
 from torchslim.llm.evaluate import PerplexityResult, decode_speed, model_nbytes, perplexity
 from torchslim.llm.model import load_causal_lm, save_quantized
 
-__all__ = ["LLMQuantConfig", "METHODS", "quantize_llm", "quantized_layers", "weight_sqnr",
+__all__ = ["LLMQuantConfig", "METHODS", "quantize_llm", "quantize_llm_", "quantized_layers", "weight_sqnr",
            "load_causal_lm", "save_quantized", "perplexity", "PerplexityResult",
            "decode_speed", "model_nbytes"]

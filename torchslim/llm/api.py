@@ -24,7 +24,7 @@ from torchslim.quant.weight_only import weight_only_spec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["quantize_llm", "quantized_layers", "weight_sqnr"]
+__all__ = ["quantize_llm", "quantize_llm_", "quantized_layers", "weight_sqnr"]
 
 Calibration = Sequence[str] | Tensor
 
@@ -84,13 +84,30 @@ def quantize_llm(model: nn.Module, config: LLMQuantConfig | None = None, *,
 
     ``calibration``: texts (tokenized with ``tokenizer`` into ``config.n_samples`` random
     windows of ``config.seq_len`` tokens) or an ``(n, seq_len)`` tensor of token ids;
-    needed by gptq, awq and smoothquant. Calibration runs layer by layer.
+    needed by gptq, awq and smoothquant. Calibration runs layer by layer. The copy shares
+    the float tensors it keeps with ``model``, so memory grows by the quantized layers
+    only; ``quantize_llm_`` frees the float weights as it goes instead.
     """
-    cfg = config or LLMQuantConfig()
-    skip = check_skip(model, cfg.skip)
     _check_model(model)
+    return _quantize_(_shared_copy(model), config or LLMQuantConfig(),
+                      calibration=calibration, tokenizer=tokenizer)
+
+
+def quantize_llm_(model: nn.Module, config: LLMQuantConfig | None = None, *,
+                  calibration: Calibration | None = None, tokenizer: Any = None) -> nn.Module:
+    """``quantize_llm`` in place: each Linear of ``model`` is replaced by its quantized
+    layer as calibration reaches it, so its float weight is freed at once and peak memory
+    stays near the float model's size. Returns ``model``."""
+    _check_model(model)
+    return _quantize_(model, config or LLMQuantConfig(), calibration=calibration,
+                      tokenizer=tokenizer)
+
+
+def _quantize_(new: nn.Module, cfg: LLMQuantConfig, *, calibration: Calibration | None,
+               tokenizer: Any) -> nn.Module:
+    skip = check_skip(new, cfg.skip)
     algorithm = ALGORITHMS[cfg.method]
-    new = _shared_copy(model).eval()
+    new.eval()
     new_layers = decoder_layers(new)
     prefix = next(n for n, m in new.named_modules() if m is new_layers)
 
