@@ -40,3 +40,15 @@ def test_gptq_handles_dead_inputs() -> None:
     x[:, 5] = 0.0
     codes, scales, zeros = gptq_quantize(w, 2 * x.t() @ x / 256, weight_only_spec(bits=4, group_size=32))
     assert torch.isfinite(scales).all() and int(codes.max()) <= 15
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_leaves_the_callers_hessian_alone(dtype, act_order) -> None:
+    # the factorisation damps and factorises its own float64 copy in place
+    x = torch.randn(256, 64, generator=torch.Generator().manual_seed(2))
+    h = (2 * x.t() @ x / 256).to(dtype)
+    before = h.clone()
+    gptq_quantize(torch.randn(8, 64), h, weight_only_spec(bits=4, group_size=32),
+                  act_order=act_order)
+    assert torch.equal(h, before)

@@ -165,5 +165,6 @@ def calibrate_layers(model: nn.Module, input_ids: Tensor, *, needs: frozenset[st
                 run_layer(layer, hidden, kwargs)
         apply(name, layer, stats)
         del stats
-        batches = [(run_layer(layer, hidden, kwargs), kwargs) for hidden, kwargs in batches]
+        for j in range(len(batches)):  # in place, so one batch's old states at most coexist
+            batches[j] = (run_layer(layer, *batches[j]), batches[j][1])
         logger.debug("calibrated %s", name)
