@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from torchslim.errors import ConfigError
 from torchslim.llm import LLMQuantConfig, quantize_llm
-from torchslim.llm.evaluate import decode_speed, greedy_decode, model_nbytes, perplexity
+from torchslim.llm.evaluate import (decode_rounds, decode_speed, greedy_decode, median,
+                                    model_nbytes, perplexity)
 
 
 def test_perplexity_with_one_window_is_exp_of_cross_entropy(tiny_llama) -> None:
@@ -56,3 +57,11 @@ def test_decode_speed_reports_every_model_and_batch(tiny_llama) -> None:
                          batch_sizes=(1, 2), new_tokens=3, rounds=1, pause_s=0.0, threads=1)
     assert set(speed) == {"fp32", "int4"} and all(v > 0 for s in speed.values() for v in s.values())
     assert model_nbytes(q) < model_nbytes(tiny_llama)
+
+
+def test_decode_rounds_keeps_every_round(tiny_llama) -> None:
+    rounds = decode_rounds({"a": tiny_llama, "b": tiny_llama}, torch.randint(0, 128, (5,)),
+                           batch_sizes=(1, 3), new_tokens=3, rounds=3, pause_s=0.0, threads=1)
+    assert {n: {b: len(v) for b, v in per.items()} for n, per in rounds.items()} == {
+        "a": {1: 3, 3: 3}, "b": {1: 3, 3: 3}}
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([4.0, 1.0, 2.0, 3.0]) == 2.5

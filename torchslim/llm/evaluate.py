@@ -28,7 +28,8 @@ from torchslim.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["perplexity", "PerplexityResult", "greedy_decode", "decode_speed", "model_nbytes"]
+__all__ = ["perplexity", "PerplexityResult", "greedy_decode", "decode_rounds", "decode_speed",
+           "median", "model_nbytes"]
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,14 @@ def greedy_decode(model: nn.Module, prompt: Tensor, new_tokens: int) -> tuple[Te
     return torch.cat(generated, dim=1), time.perf_counter() - t0
 
 
-def decode_speed(models: Mapping[str, nn.Module], prompt: Tensor, *,
-                 batch_sizes: Sequence[int] = (1, 8), new_tokens: int = 32, rounds: int = 5,
-                 threads: int = 2, pause_s: float = 0.2, warmup_tokens: int = 4
-                 ) -> dict[str, dict[int, float]]:
-    """Decode tokens/s ``{name: {batch: median over rounds}}`` for every model, all timed
-    in one interleaved loop. ``prompt`` is ``(P,)``; batch ``b`` repeats it ``b`` times."""
+def decode_rounds(models: Mapping[str, nn.Module], prompt: Tensor, *,
+                  batch_sizes: Sequence[int] = (1, 8), new_tokens: int = 32, rounds: int = 5,
+                  threads: int = 2, pause_s: float = 0.2, warmup_tokens: int = 4
+                  ) -> dict[str, dict[int, list[float]]]:
+    """Decode tokens/s of every round ``{name: {batch: [round 0, round 1, ...]}}``, all
+    models timed in one interleaved loop. ``prompt`` is ``(P,)``; batch ``b`` repeats it
+    ``b`` times. Round ``r`` of every model ran within seconds of the others', so
+    per-round ratios cancel most of the machine's drift."""
     if new_tokens < 2:
         raise ConfigError(f"new_tokens={new_tokens} must be at least 2")
     torch.set_num_threads(threads)
@@ -109,10 +112,22 @@ def decode_speed(models: Mapping[str, nn.Module], prompt: Tensor, *,
                 _, seconds = greedy_decode(models[name], batch, new_tokens)
                 figures[name][b].append(b * (new_tokens - 1) / seconds)
         logger.info("decode timing round %d/%d done", r + 1, rounds)
-    return {n: {b: round(_median(v), 2) for b, v in per.items()} for n, per in figures.items()}
+    return figures
 
 
-def _median(values: list[float]) -> float:
+def decode_speed(models: Mapping[str, nn.Module], prompt: Tensor, *,
+                 batch_sizes: Sequence[int] = (1, 8), new_tokens: int = 32, rounds: int = 5,
+                 threads: int = 2, pause_s: float = 0.2, warmup_tokens: int = 4
+                 ) -> dict[str, dict[int, float]]:
+    """Median decode tokens/s ``{name: {batch: median over rounds}}`` (see
+    ``decode_rounds``)."""
+    figures = decode_rounds(models, prompt, batch_sizes=batch_sizes, new_tokens=new_tokens,
+                            rounds=rounds, threads=threads, pause_s=pause_s,
+                            warmup_tokens=warmup_tokens)
+    return {n: {b: round(median(v), 2) for b, v in per.items()} for n, per in figures.items()}
+
+
+def median(values: Sequence[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
