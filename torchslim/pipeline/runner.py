@@ -18,6 +18,7 @@ started again from its own seed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -29,7 +30,6 @@ import torch
 from torch import nn
 
 from torchslim import _io
-from torchslim.data import DataBundle
 from torchslim.errors import ConfigError
 from torchslim.evaluate import EvalResult, evaluate
 from torchslim.export import export_onnx
@@ -132,8 +132,7 @@ def prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) 
 
 
 def _io_read(path: Path) -> dict[str, Any]:
-    import json
-
+    """A JSON file this runner wrote, or {} when it is missing (or was never finished)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -279,10 +278,6 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def data_of(run: _Run) -> DataBundle:
-    return run.ctx.data
 
 
 def baseline_model(run: _Run) -> nn.Module:
