@@ -101,6 +101,9 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
         recipe = load_recipe(recipe)
     out = Path(output) if output is not None else recipe.output_dir / "search"
     recipe = recipe.model_copy(update={"output": str(out)})
+    if not resume:   # a fresh search: the previous best must not outlive its trials
+        for stale in ("best.onnx", "search.json"):
+            (out / stale).unlink(missing_ok=True)
     prepare_output(out, recipe, resume=resume, overwrite=True)
     t0 = time.monotonic()
     run, base_state = start(recipe, out, resume=True)
