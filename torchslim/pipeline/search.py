@@ -119,20 +119,8 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
             logger.info("time budget: %.0f s spent, stopping after %d trials", spent, len(trials))
             break
         run.stages, run.attempts = list(baseline_entry), []
-        state, stages = base_state, []
-        for i, stage in enumerate(recipe.stages):
-            stage = _variant(stage, overrides.get(i, {}))
-            stages.append(stage)
-            state, _ = run_stage_guarded(run, i, stage, state,
-                                         dirname=f"{stage_name(i, stage)}-{_key(stages)}")
-        metrics = state.record["metrics"]
-        trial = {"trial": n, "overrides": {stage_name(i, recipe.stages[i]): o
-                                           for i, o in overrides.items()},
-                 "val_top1": metrics["val_top1"], "val_drop": run.baseline_top1 - metrics["val_top1"],
-                 "p50_ms": metrics["p50_ms"].get(str(recipe.budget.batch)),
-                 "bytes": metrics["bytes"], "precision": state.precision,
-                 "artifact": run.rel(state.artifact), "seconds": round(time.monotonic() - t0, 1)}
-        trial["within_budget"] = trial["val_drop"] <= run.allowed_drop + 1e-9
+        trial, state = _trial(run, base_state, n, overrides)
+        trial["seconds"] = round(time.monotonic() - t0, 1)
         trials.append(trial)
         states[n] = (state, list(run.stages), list(run.attempts))
         if _better(trial, best):
@@ -149,6 +137,28 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
     final = finish(run, state)
     _add_search_to_report(final, trials, best, run.allowed_drop, run.baseline_top1)
     return SearchResult(out=out, trials=trials, best=best, final=final)
+
+
+def _trial(run: Any, state: Any, n: int, overrides: dict[int, dict[str, Any]]
+           ) -> tuple[dict[str, Any], Any]:
+    """Run one trial's stages (shared prefixes are read back) and summarise its end state."""
+    recipe = run.recipe
+    stages: list[StageOptions] = []
+    for i, stage in enumerate(recipe.stages):
+        stage = _variant(stage, overrides.get(i, {}))
+        stages.append(stage)
+        state, _ = run_stage_guarded(run, i, stage, state,
+                                     dirname=f"{stage_name(i, stage)}-{_key(stages)}")
+    metrics = state.record["metrics"]
+    drop = run.baseline_top1 - metrics["val_top1"]
+    trial = {"trial": n, "overrides": {stage_name(i, recipe.stages[i]): o
+                                       for i, o in overrides.items()},
+             "val_top1": metrics["val_top1"], "val_drop": drop,
+             "p50_ms": metrics["p50_ms"].get(str(recipe.budget.batch)),
+             "bytes": metrics["bytes"], "precision": state.precision,
+             "artifact": run.rel(state.artifact),
+             "within_budget": drop <= run.allowed_drop + 1e-9}
+    return trial, state
 
 
 def _better(trial: dict[str, Any], best: dict[str, Any] | None) -> bool:
