@@ -25,8 +25,9 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     report = json.loads((out / "report.json").read_text())
     assert report["baseline"] == "teacher-fp32-torch"
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime", "teacher-int8-onnxruntime"]
-    torch_c, ort_c, int8_c = report["candidates"]
+    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime", "teacher-int8-onnxruntime",
+                     "teacher-pruned-onnxruntime", "student-kd-onnxruntime"]
+    torch_c, ort_c, int8_c, pruned_c, student_c = report["candidates"]
     assert (torch_c["runtime"], ort_c["runtime"]) == ("torch", "onnxruntime")
     for c in (torch_c, ort_c):
         assert 0.0 <= c["top1"] <= 1.0 and len(c["per_class"]) == 10
@@ -39,6 +40,14 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     assert int8_c["precision"] == "int8" and int8_c["runtime"] == "onnxruntime"
     assert int8_c["bytes"] < 0.6 * ort_c["bytes"]  # tiny quick model: graph overhead dominates
     assert int8_c["extra"]["fake_quant_agreement"] >= 0.95
+    # structured pruning: the exported model really has fewer MACs and parameters
+    assert abs(pruned_c["macs"] / ort_c["macs"] - 0.5) <= 0.03 * 0.5
+    assert pruned_c["params"] < ort_c["params"] and pruned_c["runtime"] == "onnxruntime"
+    assert report["pruning"]["macs_after"] == pruned_c["macs"]
+    assert (out / "teacher-pruned.safetensors").is_file()
+    # the distilled student is a smaller network, measured on the same test split
+    assert student_c["params"] < ort_c["params"] and student_c["n"] == ort_c["n"]
+    assert student_c["extra"]["distillation"]["temperature"] == 2.0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
 

@@ -1,11 +1,10 @@
-"""The main job: teacher -> ONNX FP32 and INT8 (PTQ) -> evaluate on PyTorch and ONNX
-Runtime -> report.
-
-Later stages (pruning, distillation) add candidates here.
+"""The main job: teacher -> ONNX FP32, INT8 (PTQ), a structurally pruned model and a
+distilled student -> evaluate on PyTorch and ONNX Runtime -> report.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +13,25 @@ from typing import Any
 import torch
 
 from torchslim.data import DataBundle, load_data
+from torchslim.distill import DistillConfig, distill
 from torchslim.evaluate import EvalResult, evaluate
 from torchslim.export import export_onnx, export_qdq
+from torchslim.pipeline.prune import PruneJob, prune_model
 from torchslim.pipeline.quantize import (CALIB_BATCH, QuantizeJob, fake_quant_agreement,
                                          quantize_model)
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, TorchSession
+from torchslim.train import TrainConfig, save_checkpoint
+from torchslim.zoo import build_model
 
 logger = logging.getLogger(__name__)
+
+PRUNE_FINETUNE_EPOCHS = 3  # recovery after removing half the MACs (bench/prune_peers.py)
+# the student of bench/distill.py: ResNet-8 width 8 (11 % of the teacher's parameters);
+# T = 2 scored best on the validation split there
+STUDENT = ("resnet8", {"width": 8})
+KD = {"temperature": 2.0, "alpha": 0.9, "epochs": 3}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,12 +63,16 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                           model=teacher, **common)
     torch_result.agreement, torch_result.cosine = 1.0, 1.0
     int8_result = _ptq_candidate(teacher, data, out, opts, torch_result, common)
-    results: list[EvalResult] = [torch_result, ort_result, int8_result]
+    pruned_result, pruning = _pruned_candidate(teacher, meta, data, out, opts, torch_result, common)
+    student_result = _distilled_candidate(teacher, recipe, out, opts, torch_result, common)
+    results: list[EvalResult] = [torch_result, ort_result, int8_result, pruned_result,
+                                 student_result]
     paths = write_report(out, baseline=torch_result, candidates=results[1:],
                          dataset={"name": recipe.dataset, "split": "test", "n": torch_result.n},
                          class_names=list(data.info.class_names), title="torchslim demo",
                          extra={"teacher": {"cached": cached, "architecture": meta.get("architecture"),
-                                            "val_top1": (meta.get("metrics") or {}).get("val_top1")}})
+                                            "val_top1": (meta.get("metrics") or {}).get("val_top1")},
+                                "pruning": pruning})
     return {"report": paths, "results": results, "teacher_cached": cached}
 
 
@@ -78,4 +91,56 @@ def _ptq_candidate(teacher: torch.nn.Module, data: DataBundle, out: Path, opts: 
                                     "activations": "u8 per-tensor asymmetric",
                                     "observer": job.observer,
                                     "calibration_images": job.calib_batches * CALIB_BATCH}
+    return result
+
+
+def _pruned_candidate(teacher: torch.nn.Module, meta: dict[str, Any], data: DataBundle,
+                      out: Path, opts: DemoOptions, reference: EvalResult,
+                      common: dict[str, Any]) -> tuple[EvalResult, dict[str, Any]]:
+    """Half the MACs by structured pruning (channel counts in multiples of 16, the block
+    ONNX Runtime's AVX-512 NCHWc convolutions use), recovery fine-tuning, FP32 on ONNX
+    Runtime."""
+    job = PruneJob(checkpoint=out / "teacher.safetensors", out=out, target_macs=0.5,
+                   round_to=4 if opts.quick else 16,
+                   finetune_epochs=1 if opts.quick else PRUNE_FINETUNE_EPOCHS,
+                   threads=opts.threads)
+    model = copy.deepcopy(teacher)
+    record = prune_model(model, data, job)
+    model.eval()
+    save_checkpoint(out / "teacher-pruned.safetensors", model, spec=meta.get("architecture"),
+                    dataset=meta.get("dataset"), pruning=record)
+    path = export_onnx(model, out / "teacher-pruned.onnx", input_shape=data.info.input_shape)
+    result = evaluate(OnnxRuntimeSession(path, threads=opts.threads), data.test,
+                      name="teacher-pruned-onnxruntime", reference=reference, model=model,
+                      **common)
+    result.extra["pruning"] = {k: record[k] for k in ("macs_before", "macs_after",
+                                                      "params_before", "params_after")}
+    result.extra["pruning"]["finetune_epochs"] = job.finetune_epochs
+    return result, record
+
+
+def _distilled_candidate(teacher: torch.nn.Module, recipe: TeacherRecipe, out: Path,
+                         opts: DemoOptions, reference: EvalResult,
+                         common: dict[str, Any]) -> EvalResult:
+    """A small student taught by the teacher (temperature KD + hard labels), FP32 on ONNX
+    Runtime. Unaugmented images, so the teacher's logits are computed once."""
+    plain = load_data(recipe.dataset, root=opts.data_root, augment=False,
+                      train_limit=recipe.train_limit, test_limit=1000 if opts.quick else None)
+    name, kwargs = STUDENT if not opts.quick else ("resnet8", {"width": 4})  # quick: a tiny teacher
+    torch.manual_seed(0)
+    student = build_model(name, num_classes=plain.info.num_classes,
+                          in_channels=plain.info.input_shape[0], **kwargs)
+    train = TrainConfig(epochs=1 if opts.quick else KD["epochs"], lr=0.1, seed=0,
+                        threads=opts.threads, channels_last=False)  # NHWC is slower at 8 channels
+    config = DistillConfig(temperature=KD["temperature"], alpha=KD["alpha"],
+                           cache_teacher=True, train=train)
+    student = distill(student, teacher, plain, config).eval()
+    save_checkpoint(out / "student-kd.safetensors", student, dataset=recipe.dataset,
+                    distillation={"teacher": "teacher", **KD, "epochs": train.epochs})
+    path = export_onnx(student, out / "student-kd.onnx", input_shape=plain.info.input_shape)
+    result = evaluate(OnnxRuntimeSession(path, threads=opts.threads), plain.test,
+                      name="student-kd-onnxruntime", reference=reference, model=student,
+                      **common)
+    result.extra["distillation"] = {"student": f"{name} width {kwargs['width']}", **KD,
+                                    "epochs": train.epochs}
     return result
