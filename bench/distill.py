@@ -125,9 +125,11 @@ def load_setup(args: argparse.Namespace) -> Setup:
         teachers = [get_teacher(r, data, cache=args.cache)[0] for r in QUICK_TEACHERS]
         return Setup(data, teachers, ("resnet8", {"width": 4}), ("resnet8", {"width": 8}), args)
     data = load_data("fashion-mnist", augment=False, seed=0)   # the teachers' own split
+    wanted = [(args.teacher, TeacherRecipe())]
+    if "multi-teacher" in args.methods:  # the second teacher costs a training run when not cached
+        wanted.append((args.second_teacher, MBV2_RECIPE))
     teachers = [load_checkpoint(path)[0] if path else get_teacher(recipe, data, cache=args.cache)[0]
-                for path, recipe in ((args.teacher, TeacherRecipe()),
-                                     (args.second_teacher, MBV2_RECIPE))]
+                for path, recipe in wanted]
     return Setup(data, teachers, ("resnet8", {"width": args.student_width}),
                  ("resnet8", {"width": args.assistant_width}), args)
 
@@ -140,8 +142,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                    "top1_mean": round(teacher_top1, 5), "top1_std": 0.0, "seeds": [],
                    "params": _params(s.teachers[0]), "top1_per_seed": [teacher_top1],
                    "val_top1_mean": round(accuracy(s.teachers[0], s.data.val), 5),
-                   "second_teacher_top1": round(accuracy(s.teachers[1], s.data.test), 5),
-                   "second_teacher_params": _params(s.teachers[1]), "error": None}
+                   "error": None}
+    if len(s.teachers) > 1:
+        teacher_row.update(second_teacher_top1=round(accuracy(s.teachers[1], s.data.test), 5),
+                           second_teacher_params=_params(s.teachers[1]))
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     errors: dict[str, str] = {}
     params = _params(s.build(s.student, 0))
