@@ -16,9 +16,25 @@ every model timed in one interleaved loop (DESIGN.md); ``speedup_b1`` is over fp
 same loop.
 
     .venv/bin/python bench/llm_quant.py [--out bench/results/llm_quant.json]
+
+``--decode-only``: decode speed alone, of fp32 and the artifacts saved under
+``--artifacts`` (each built with ``quantize_llm_`` and saved first where missing), reloaded
+from disk, timed in one interleaved loop of ``--rounds`` rounds; writes
+``bench/results/llm_decode.json`` with every round's figure and the per-round ratios:
+
+    .venv/bin/python bench/llm_quant.py --decode-only --methods gptq-int4-g64,rtn-int4-g64,rtn-int8-pc
+
+OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set): with the default spinning
+wait, two torch threads on this 2-core machine, when another job holds a core, decoded
+5-10x slower than one thread (fp32 batch 8: 2-5 tok/s against 26-54), which is what made
+the first full run's batch-8 figures meaningless.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP (see above)
 
 import argparse
 import copy
@@ -121,7 +137,10 @@ def _torchao(fp32: torch.nn.Module, method: str) -> torch.nn.Module:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("bench/results/llm_quant.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="default bench/results/llm_quant.json (--decode-only: llm_decode.json)")
+    p.add_argument("--decode-only", action="store_true",
+                   help="time fp32 and the saved artifacts of --methods only (see above)")
     p.add_argument("--artifacts", type=Path, default=Path("runs/llm_quant"),
                    help="where the quantized models are saved (safetensors)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for decode timing")
@@ -137,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--stride", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=24)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None, help="decode rounds (default 3; "
+                   "--decode-only: 9)")
     args = p.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.work_threads)
@@ -146,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(OURS) - set(PEERS))
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {[*OURS, *PEERS]}")
+    if args.decode_only:
+        from llm_decode import decode_only
+
+        args.out = args.out or Path("bench/results/llm_decode.json")
+        args.rounds = args.rounds or 9
+        return decode_only(args, methods)
+    args.out = args.out or Path("bench/results/llm_quant.json")
+    args.rounds = args.rounds or 3
 
     rss_libs = _rss()  # torch, transformers and friends imported, no model yet
     with step("loading SmolLM2-135M (GGUF -> fp32) and Austen"):
@@ -240,6 +268,7 @@ def _settings(args: argparse.Namespace, fp32_bytes: int, calib: torch.Tensor) ->
                         "seq_len": int(calib.shape[1]), "seed": 0},
         "perplexity": {"book": "emma", "start_token": args.eval_start,
                        "tokens": args.eval_tokens, "window": args.window, "stride": args.stride},
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "decode": {"prompt_tokens": 32, "new_tokens": args.new_tokens, "rounds": args.rounds,
                    "batch_sizes": [1, 8], "greedy": True, "kv_cache": True},
         "int4": "symmetric, groups of 64 / 128 input elements; lm_head (tied embedding) int8 per row",
