@@ -7,6 +7,7 @@ EXPECTED = {
     "DataBundle", "load_data", "calibration_subset", "build_model", "list_models",
     "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint", "load",
     "ChannelPruneConfig", "SparsityConfig", "PruneResult", "prune_",
+    "DistillConfig", "distill",
     "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",

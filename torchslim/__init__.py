@@ -27,8 +27,11 @@ from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import LayerOverride, QuantConfig
 from torchslim.zoo import build_model, list_models
 
-# Last: the function `torchslim.export(...)` takes the name of the subpackage attribute;
-# `from torchslim.export import ...` keeps working through sys.modules.
+# Last: the functions `torchslim.export(...)` and `torchslim.distill(...)` take the names of
+# their subpackages' attributes; `from torchslim.export import ...` (and `.distill`) keep
+# working through sys.modules.
+from torchslim.distill import DistillConfig  # noqa: E402
+from torchslim.distill.api import distill  # noqa: E402
 from torchslim.export.api import export  # noqa: E402
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "TrainConfig", "Callback", "fit", "save_checkpoint", "load_checkpoint", "load",
     # pruning
     "ChannelPruneConfig", "SparsityConfig", "PruneResult", "prune_",
+    # distillation
+    "DistillConfig", "distill",
     # quantization
     "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     # runtimes and artifacts
