@@ -25,9 +25,11 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     report = json.loads((out / "report.json").read_text())
     assert report["baseline"] == "teacher-fp32-torch"
     names = [c["name"] for c in report["candidates"]]
-    assert names == ["teacher-fp32-torch", "teacher-fp32-onnxruntime", "teacher-int8-onnxruntime",
-                     "teacher-pruned-onnxruntime", "student-kd-onnxruntime"]
-    torch_c, ort_c, int8_c, pruned_c, student_c = report["candidates"]
+    assert names[:5] == ["teacher-fp32-torch", "teacher-fp32-onnxruntime",
+                         "teacher-int8-onnxruntime", "teacher-pruned-onnxruntime",
+                         "student-kd-onnxruntime"]
+    torch_c, ort_c, int8_c, pruned_c, student_c = report["candidates"][:5]
+    _check_pipeline(report, out)
     assert (torch_c["runtime"], ort_c["runtime"]) == ("torch", "onnxruntime")
     for c in (torch_c, ort_c):
         assert 0.0 <= c["top1"] <= 1.0 and len(c["per_class"]) == 10
@@ -56,3 +58,23 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     second = json.loads((tmp_path / "again" / "report.json").read_text())
     assert second["teacher"]["cached"] is True
     assert second["candidates"][0]["top1"] == torch_c["top1"]
+
+
+def _check_pipeline(report: dict, out: Path) -> None:
+    """The built-in recipe ran: its accepted stages and its shipped artifact are candidates,
+    and `pipeline` has one entry per stage attempt and the verdict."""
+    names = [c["name"] for c in report["candidates"]]
+    pipeline = report["pipeline"]
+    assert pipeline["verdict"] in ("met", "not met")
+    attempts = pipeline["attempts"]
+    assert [a["stage"] for a in attempts][0] == "01-distill"
+    assert {a["stage"] for a in attempts} == {"01-distill", "02-prune", "03-quantize", "04-export"}
+    assert all(a["verdict"] in ("accepted", "rolled back") for a in attempts)
+    accepted = [s["stage"] for s in pipeline["stages"] if s["status"] == "done"]
+    expected = [f"{s}-fp32-onnxruntime" for s in accepted if s in ("01-distill", "02-prune")]
+    assert names[5:] == [*expected, "final-int8-onnxruntime"]
+    final = report["candidates"][-1]
+    assert final["precision"] == "int8" and final["artifact"] == pipeline["artifact"]
+    assert Path(pipeline["artifact"]) == out / "pipeline" / "model-int8.onnx"
+    assert Path(pipeline["artifact"]).is_file() and (out / "pipeline" / "pipeline.html").is_file()
+    assert pipeline["speedup"]["batch"] == 32 and pipeline["speedup"]["speedup"] > 0

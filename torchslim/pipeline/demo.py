@@ -1,5 +1,8 @@
 """The main job: teacher -> ONNX FP32, INT8 (PTQ), a structurally pruned model and a
-distilled student -> evaluate on PyTorch and ONNX Runtime -> report.
+distilled student -> evaluate on PyTorch and ONNX Runtime; then the built-in recipe
+(``torchslim/recipes/fashion_mnist.yaml``: KD student -> pruning -> QAT INT8 -> ONNX
+Runtime under a 1-point budget) -> one report with every candidate, the recipe's stages,
+its shipped artifact (``final-int8-onnxruntime``) and its stage log (``pipeline``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from torchslim.export import export_onnx, export_qdq
 from torchslim.pipeline.prune import PruneJob, prune_model
 from torchslim.pipeline.quantize import (CALIB_BATCH, QuantizeJob, fake_quant_agreement,
                                          quantize_model)
+from torchslim.pipeline.recipe import Recipe, load_recipe
+from torchslim.pipeline.runner import run_recipe
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, TorchSession
@@ -65,15 +70,50 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     int8_result = _ptq_candidate(teacher, data, out, opts, torch_result, common)
     pruned_result, pruning = _pruned_candidate(teacher, meta, data, out, opts, torch_result, common)
     student_result = _distilled_candidate(teacher, recipe, out, opts, torch_result, common)
+    # the recipe measures the same teacher as its baseline: keep ours, add its stages + final
+    pipeline = run_recipe(demo_recipe(opts), overwrite=True, cache=opts.cache)
     results: list[EvalResult] = [torch_result, ort_result, int8_result, pruned_result,
-                                 student_result]
+                                 student_result, *pipeline.results[1:]]
     paths = write_report(out, baseline=torch_result, candidates=results[1:],
                          dataset={"name": recipe.dataset, "split": "test", "n": torch_result.n},
                          class_names=list(data.info.class_names), title="torchslim demo",
                          extra={"teacher": {"cached": cached, "architecture": meta.get("architecture"),
                                             "val_top1": (meta.get("metrics") or {}).get("val_top1")},
-                                "pruning": pruning})
-    return {"report": paths, "results": results, "teacher_cached": cached}
+                                "pruning": pruning, "pipeline": pipeline.pipeline})
+    paths["pipeline"] = pipeline.report["pipeline"]
+    return {"report": paths, "results": results, "teacher_cached": cached,
+            "verdict": pipeline.verdict, "artifact": pipeline.artifact}
+
+
+# The quick demo's recipe: the built-in one's stages, shrunk to a smoke test.
+QUICK_STAGES = [
+    {"kind": "distill", "width_mult": 0.5, "epochs": 1, "max_steps_per_epoch": 10},
+    {"kind": "prune", "target_macs": 0.5, "round_to": 4, "finetune_epochs": 1,
+     "fallbacks": [{"target_macs": 0.8}]},
+    {"kind": "quantize", "method": "qat", "qat_epochs": 1, "calib_batches": 4,
+     "fallbacks": [{"keep_sensitive": 2}]},
+    {"kind": "export", "artifact": "model-int8.onnx"},
+]
+
+
+def demo_recipe(opts: DemoOptions) -> Recipe:
+    """The built-in ``fashion_mnist`` recipe writing into ``<out>/pipeline`` with the demo's
+    threads, batch sizes and data; ``quick`` shrinks it to the quick teacher and subset."""
+    base = load_recipe("fashion_mnist").model_dump(mode="json")
+    target = {**base["target"], "threads": opts.threads, "batch_sizes": list(opts.batch_sizes)}
+    data_args = {"root": str(opts.data_root)} if opts.data_root is not None else {}
+    update: dict[str, Any] = {"output": str(Path(opts.out) / "pipeline"), "target": target,
+                              "data_args": data_args}
+    if opts.quick:
+        update.update(model=QUICK_TEACHER.model, model_args=dict(QUICK_TEACHER.model_kwargs),
+                      pretrain={"epochs": QUICK_TEACHER.train.epochs,
+                                "lr": QUICK_TEACHER.train.lr},
+                      data_args={**data_args, "train_limit": QUICK_TEACHER.train_limit,
+                                 "test_limit": 1000},
+                      stages=QUICK_STAGES, budget={"max_drop": 0.05, "batch": 32},
+                      target={**target, "repeats": 5, "stage_repeats": 2, "timing_rounds": 3,
+                              "measure_memory": False})
+    return Recipe.model_validate({**base, **update})
 
 
 def _ptq_candidate(teacher: torch.nn.Module, data: DataBundle, out: Path, opts: DemoOptions,
