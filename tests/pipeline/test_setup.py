@@ -57,3 +57,12 @@ def test_pretrain_trains_once_then_reuses_the_cache(tmp_path) -> None:
     assert (first[2]["cached"], second[2]["cached"]) == (False, True)
     x = torch.zeros(2, 1, 8, 8)
     assert torch.equal(first[0].eval()(x), second[0].eval()(x))
+
+
+def test_the_example_data_entry_point_serves_three_loaders(fake_fashion) -> None:
+    from torchslim.recipes.example_data import loaders
+
+    bundle = as_bundle(loaders(train_limit=200, batch_size=32, root=str(fake_fashion)),
+                       name="torchslim.recipes.example_data:loaders", seed=0)
+    assert len(bundle.train.dataset) == 200 and bundle.info.input_shape == (1, 28, 28)
+    assert bundle.info.num_classes == 10
