@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-tokens", type=int, default=3072)
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--stride", type=int, default=256)
-    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens decoded per timing (default 24; --decode-only: 32)")
     p.add_argument("--rounds", type=int, default=None, help="decode rounds (default 3; "
                    "--decode-only: 9)")
     args = p.parse_args(argv)
@@ -171,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
         args.out = args.out or Path("bench/results/llm_decode.json")
         args.rounds = args.rounds or 9
+        args.new_tokens = args.new_tokens or 32
         return decode_only(args, methods)
     args.out = args.out or Path("bench/results/llm_quant.json")
     args.rounds = args.rounds or 3
+    args.new_tokens = args.new_tokens or 24
 
     rss_libs = _rss()  # torch, transformers and friends imported, no model yet
     with step("loading SmolLM2-135M (GGUF -> fp32) and Austen"):
