@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gzip
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,3 +98,19 @@ class _TinyLSTM(nn.Module):
 def tiny_lstm():
     """Builder for a small LSTM classifier (quantization and export tests share it)."""
     return _TinyLSTM
+
+
+@pytest.fixture
+def one_line_error() -> Callable[..., str]:
+    """Check a CliRunner result: exit code 2, exactly one stderr line starting ``error:``
+    that contains every needle, no traceback; returns that line."""
+    def check(result: Any, *needles: str) -> str:
+        assert result.exit_code == 2, result.output
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("error:"), lines[0]
+        for needle in needles:
+            assert needle in lines[0], lines[0]
+        assert "Traceback" not in result.output
+        return lines[0]
+    return check

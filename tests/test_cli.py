@@ -18,58 +18,49 @@ from torchslim.zoo import build_model
 runner = CliRunner()
 
 
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output
-
-
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     return save_checkpoint(tmp_path / "ck" / "resnet8.safetensors", build_model("resnet8", width=8),
                            dataset="fashion-mnist")
 
 
-def test_missing_dataset(tmp_path: Path) -> None:
+def test_missing_dataset(tmp_path: Path, one_line_error) -> None:
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["demo", "--quick", "--data", str(tmp_path / "empty"),
                                  "--out", str(tmp_path / "out")])
-    _one_line_error(result, "apt-get install", "TORCHSLIM_DATA")
+    one_line_error(result, "apt-get install", "TORCHSLIM_DATA")
 
 
-def test_corrupt_idx_file(fake_fashion: Path, checkpoint: Path) -> None:
+def test_corrupt_idx_file(fake_fashion: Path, checkpoint: Path, one_line_error) -> None:
     (fake_fashion / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08 truncated")
     result = runner.invoke(app, ["evaluate", str(checkpoint), "--data", str(fake_fashion)])
-    _one_line_error(result, "t10k-images-idx3-ubyte.gz")
+    one_line_error(result, "t10k-images-idx3-ubyte.gz")
 
 
-def test_checkpoint_of_another_architecture(fake_fashion: Path, checkpoint: Path) -> None:
+def test_checkpoint_of_another_architecture(fake_fashion: Path, checkpoint: Path,
+                                            one_line_error) -> None:
     result = runner.invoke(app, ["evaluate", str(checkpoint), "--model", "resnet14",
                                  "--data", str(fake_fashion)])
-    _one_line_error(result, "does not fit")
+    one_line_error(result, "does not fit")
 
 
-def test_unknown_model_name(fake_fashion: Path, tmp_path: Path) -> None:
+def test_unknown_model_name(fake_fashion: Path, tmp_path: Path, one_line_error) -> None:
     result = runner.invoke(app, ["train", "--model", "resnet7", "--data", str(fake_fashion),
                                  "--out", str(tmp_path / "t")])
-    _one_line_error(result, "resnet7", "resnet20")
+    one_line_error(result, "resnet7", "resnet20")
 
 
-def test_unreadable_onnx_file(fake_fashion: Path, tmp_path: Path) -> None:
+def test_unreadable_onnx_file(fake_fashion: Path, tmp_path: Path, one_line_error) -> None:
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"this is not an onnx model")
     result = runner.invoke(app, ["evaluate", str(bad), "--data", str(fake_fashion)])
-    _one_line_error(result, "model.onnx")
+    one_line_error(result, "model.onnx")
 
 
-def test_bad_batch_sizes(fake_fashion: Path, checkpoint: Path) -> None:
+def test_bad_batch_sizes(fake_fashion: Path, checkpoint: Path, one_line_error) -> None:
     result = runner.invoke(app, ["evaluate", str(checkpoint), "--batch-sizes", "1,x",
                                  "--data", str(fake_fashion)])
-    _one_line_error(result, "--batch-sizes")
+    one_line_error(result, "--batch-sizes")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -108,9 +99,9 @@ def test_train_then_evaluate_against_a_reference(fake_fashion: Path, tmp_path: P
     (["--method", "awq"], ("awq", "ptq")),
 ])
 def test_quantize_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
-                                      needles: tuple[str, ...]) -> None:
+                                      needles: tuple[str, ...], one_line_error) -> None:
     result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion), *args])
-    _one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
 @pytest.mark.slow
@@ -159,10 +150,10 @@ def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path
     (["--protect", "stem"], ("'stem'",)),
 ])
 def test_prune_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
-                                   needles: tuple[str, ...]) -> None:
+                                   needles: tuple[str, ...], one_line_error) -> None:
     result = runner.invoke(app, ["prune", str(checkpoint), "--data", str(fake_fashion),
                                  "--finetune-epochs", "0", *args])
-    _one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
 @pytest.mark.slow

@@ -22,14 +22,6 @@ def teacher_ckpt(tmp_path: Path) -> Path:
                            dataset="digits")
 
 
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("args, needles", [
     (["--feature", "layer3:layer33"], ("'layer33'", "close matches: layer3")),
     (["--feature", "layer9:layer3"], ("student", "'layer9'")),
@@ -39,15 +31,15 @@ def _one_line_error(result, *needles: str) -> None:
     (["--student", "vgg11"], ("vgg11",)),
 ])
 def test_bad_options_are_one_line(teacher_ckpt: Path, tmp_path: Path, args: list[str],
-                                  needles: tuple[str, ...]) -> None:
+                                  needles: tuple[str, ...], one_line_error) -> None:
     result = runner.invoke(app, ["distill", "--teacher", str(teacher_ckpt), "--epochs", "1",
                                  "--out", str(tmp_path / "d"), *args])
-    _one_line_error(result, *needles)
+    one_line_error(result, *needles)
 
 
-def test_missing_teacher_checkpoint(tmp_path: Path) -> None:
+def test_missing_teacher_checkpoint(tmp_path: Path, one_line_error) -> None:
     result = runner.invoke(app, ["distill", "--teacher", str(tmp_path / "none.safetensors")])
-    _one_line_error(result, "checkpoint not found")
+    one_line_error(result, "checkpoint not found")
 
 
 @pytest.mark.slow

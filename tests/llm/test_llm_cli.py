@@ -12,29 +12,21 @@ from torchslim.cli import app
 runner = CliRunner()
 
 
-def _one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def test_hub_name_is_one_line_error(tmp_path: Path) -> None:
+def test_hub_name_isone_line_error(tmp_path: Path, one_line_error) -> None:
     result = runner.invoke(app, ["llm", "quantize", "HuggingFaceTB/SmolLM2-135M",
                                  "--method", "rtn", "--out", str(tmp_path / "q")])
-    _one_line_error(result, "local", "hub")
+    one_line_error(result, "local", "hub")
 
 
-def test_unknown_method_is_one_line_error(tiny_dir: Path, tmp_path: Path) -> None:
+def test_unknown_method_isone_line_error(tiny_dir: Path, tmp_path: Path, one_line_error) -> None:
     result = runner.invoke(app, ["llm", "quantize", str(tiny_dir), "--method", "hqq",
                                  "--out", str(tmp_path / "q")])
-    _one_line_error(result, "hqq", "gptq")
+    one_line_error(result, "hqq", "gptq")
 
 
-def test_missing_text_file_is_one_line_error(tiny_dir: Path, tmp_path: Path) -> None:
+def test_missing_text_file_isone_line_error(tiny_dir: Path, tmp_path: Path, one_line_error) -> None:
     result = runner.invoke(app, ["llm", "eval", str(tiny_dir), "--text", str(tmp_path / "no.txt")])
-    _one_line_error(result, "no.txt")
+    one_line_error(result, "no.txt")
 
 
 @pytest.mark.slow

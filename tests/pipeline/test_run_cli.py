@@ -26,17 +26,6 @@ stages:
 """
 
 
-def _one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
 @pytest.mark.parametrize("command", ["run", "search"])
 @pytest.mark.parametrize("old, new, needles", [
     ("kind: prune", "kind: prune: x", (":4: invalid YAML", "mapping values")),   # bad YAML
@@ -50,23 +39,24 @@ def _one_line_error(result, *needles: str) -> str:
     ("data: digits", "data: mylab.data:loaders", (":2: data: entry point",)),     # missing data fn
 ])
 def test_malformed_recipe_is_one_line_with_file_line_field(tmp_path: Path, command: str, old: str,
-                                                           new: str, needles: tuple[str, ...]) -> None:
+                                                           new: str, needles: tuple[str, ...],
+                                                           one_line_error) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(GOOD.replace(old, new))
-    line = _one_line_error(runner.invoke(app, [command, str(path)]), *needles)
+    line = one_line_error(runner.invoke(app, [command, str(path)]), *needles)
     assert f"error: {path}:" in line
 
 
-def test_missing_recipe_file(tmp_path: Path) -> None:
-    _one_line_error(runner.invoke(app, ["run", str(tmp_path / "nope.yaml")]),
-                    "not found", "fashion_mnist")
+def test_missing_recipe_file(tmp_path: Path, one_line_error) -> None:
+    one_line_error(runner.invoke(app, ["run", str(tmp_path / "nope.yaml")]),
+                   "not found", "fashion_mnist")
 
 
-def test_bad_time_budget(tmp_path: Path) -> None:
+def test_bad_time_budget(tmp_path: Path, one_line_error) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(GOOD)
-    _one_line_error(runner.invoke(app, ["search", str(path), "--time-budget", "soon"]),
-                    "--time-budget 'soon'", "30m")
+    one_line_error(runner.invoke(app, ["search", str(path), "--time-budget", "soon"]),
+                   "--time-budget 'soon'", "30m")
 
 
 def test_parse_duration() -> None:
@@ -87,13 +77,13 @@ def test_trial_space_and_pareto_front() -> None:
     assert pareto_front(points) == [0, 1]
 
 
-def test_run_prints_the_verdict_and_exits_by_it(write_recipe, one_thread) -> None:
+def test_run_prints_the_verdict_and_exits_by_it(write_recipe, one_thread, one_line_error) -> None:
     ptq = {"kind": "quantize", "method": "ptq", "calib_batches": 2}
     ok = runner.invoke(app, ["run", str(write_recipe([ptq], name="ok"))])
     assert ok.exit_code == 0, ok.output
     assert "verdict: met" in ok.stdout and "final-int8-onnxruntime" in ok.stdout
     again = runner.invoke(app, ["run", str(write_recipe([ptq], name="ok"))])
-    _one_line_error(again, "already holds a run", "--resume")
+    one_line_error(again, "already holds a run", "--resume")
     strict = write_recipe([ptq], name="strict", budget={"max_drop": 0.05, "max_bytes": 10})
     failed = runner.invoke(app, ["run", str(strict)])
     assert failed.exit_code == 1 and "verdict: not met" in failed.stdout
