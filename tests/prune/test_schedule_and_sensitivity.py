@@ -73,3 +73,17 @@ def test_ratios_say_when_the_levels_cannot_reach_the_target() -> None:
     table = {g.name: {0.0: 0.9, 0.1: 0.9} for g in CouplingGraph(model, x).groups}
     with pytest.raises(ConfigError, match="higher levels"):
         sensitivity_ratios(model, table, example_inputs=x, target_macs=0.3)
+
+
+def test_ratios_step_over_levels_that_round_to_the_same_channels() -> None:
+    # round_to=8 on 16-channel groups: removing 10 % or 25 % keeps 16 channels (no MACs
+    # saved), 60 % keeps 8; the search must go on to the level that saves something
+    model = build_model("resnet8", width=16).eval()
+    x = torch.zeros(2, 1, 28, 28)
+    table = {g.name: {0.0: 0.9, 0.1: 0.9, 0.25: 0.89, 0.6: 0.85, 0.8: 0.8}
+             for g in CouplingGraph(model, x).groups}
+    ratios = sensitivity_ratios(model, table, example_inputs=x, target_macs=0.33, round_to=8)
+    result = prune_channels_(model, ChannelPruneConfig(ratios=ratios, round_to=8),
+                             example_inputs=x)
+    # before the fix the search gave up ("cannot reach"); now it lands one 8-channel step away
+    assert result.mac_ratio <= 0.33 * 1.06

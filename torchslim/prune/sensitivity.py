@@ -70,14 +70,15 @@ def sensitivity_ratios(model: nn.Module, table: dict[str, dict[float, float]], *
         best: tuple[float, str, float] | None = None
         now = kept(ratios)
         for name, row in table.items():
-            higher = sorted(r for r in row if r > ratios[name])
-            if not higher:
+            # the next level that removes MACs: with round_to, neighbouring levels can
+            # round to the same channel count, and a group must not stall there
+            for nxt in sorted(r for r in row if r > ratios[name]):
+                saved = now - kept({**ratios, name: nxt})
+                if saved > 0:
+                    break
+            else:
                 continue
-            nxt = higher[0]
-            saved = now - kept({**ratios, name: nxt})
             lost = row[ratios[name]] - row[nxt]
-            if saved <= 0:
-                continue
             per_mac = max(lost, 0.0) / saved
             if best is None or per_mac < best[0]:
                 best = (per_mac, name, nxt)
