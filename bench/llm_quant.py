@@ -66,6 +66,9 @@ OURS = {
     "rtn-int4-g128": dict(method="rtn", bits=4, group_size=128),
     "gptq-int4-g64": dict(method="gptq", bits=4, group_size=64),
     "gptq-int4-g128": dict(method="gptq", bits=4, group_size=128),
+    # act-order (columns by descending diag H): extra rows, beyond the contract
+    "gptq-int4-g64-actorder": dict(method="gptq", bits=4, group_size=64, act_order=True),
+    "gptq-int4-g128-actorder": dict(method="gptq", bits=4, group_size=128, act_order=True),
     "awq-int4-g64": dict(method="awq", bits=4, group_size=64),
     "awq-int4-g128": dict(method="awq", bits=4, group_size=128),
     "smoothquant-w8a8": dict(method="smoothquant", bits=8, group_size=None),
