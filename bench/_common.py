@@ -138,12 +138,14 @@ def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
     fails while being timed gets an ``error`` and drops out.
     """
     batches = {b: tile_batch(samples, b) for b in batch_sizes}
-    times: dict[tuple[tuple[str, str, str], int], list[float]] = {}
+    # keyed by position: two candidates may share a row key (one method at 2x and 3x)
+    times: dict[tuple[int, int], list[float]] = {}
+    indexed = list(enumerate(candidates))
     for r in range(repeats):
-        shift = r % max(len(candidates), 1)
-        order = [*candidates[shift:], *candidates[:shift]]
+        shift = r % max(len(indexed), 1)
+        order = [*indexed[shift:], *indexed[:shift]]
         for b, batch in batches.items():
-            for c in order:
+            for i, c in order:
                 if c.session is None:
                     continue
                 try:
@@ -158,12 +160,13 @@ def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
                 except Exception as e:
                     c.fail(e)
                     continue
-                times.setdefault((c.key, b), []).append(float(np.median(per_call)) * 1e3)
+                times.setdefault((i, b), []).append(float(np.median(per_call)) * 1e3)
         logger.info("timing round %d/%d done", r + 1, repeats)
-    for c in candidates:
+    for i, c in indexed:
         if c.session is not None:
-            c.p50_ms = {b: round(float(np.median(times[(c.key, b)])), 4) for b in batch_sizes}
-    return times
+            c.p50_ms = {b: round(float(np.median(times[(i, b)])), 4) for b in batch_sizes}
+    return {(c.key, b): times[(i, b)] for i, c in indexed for b in batch_sizes
+            if (i, b) in times}
 
 
 def to_row(c: Candidate, baseline: Candidate | None) -> dict[str, Any]:
