@@ -208,6 +208,19 @@ class CallableSession:
             return self._fn(x).float().numpy()
 
 
+def trim_heap() -> None:
+    """Give freed heap back to the OS (gc + glibc ``malloc_trim``), so that RSS figures
+    show live memory only."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
 def file_bytes(*paths: Path) -> int:
     return sum(p.stat().st_size for p in paths)
 

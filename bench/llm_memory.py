@@ -49,17 +49,6 @@ def _status(key: str) -> int:
     return 0
 
 
-def _trim() -> None:
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
     try:
@@ -76,6 +65,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers  # noqa: F401  (the libraries, imported before the baseline)
 
+    from _common import trim_heap
     from llm_quant import CALIB_BOOKS, _gguf_path
     from torchslim.llm import LLMQuantConfig, quantize_llm
     from torchslim.llm.api import quantize_llm_
@@ -85,20 +75,20 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    _trim()
+    trim_heap()
     rss: dict[str, int] = {"libs": _status("VmRSS")}
     for name in _LAZY_IMPORTS:  # what loading imports anyway; the rest of libs_warm is pages
         try:                    # of library code and caches that the first load touches
             importlib.import_module(name)
         except ImportError:
             pass
-    _trim()
+    trim_heap()
     rss["libs_imports"] = _status("VmRSS")
     warm, _ = load_causal_lm(_gguf_path(), with_tokenizer=False)
     with torch.no_grad():
         warm(input_ids=torch.arange(8).reshape(1, 8), use_cache=False)
     del warm
-    _trim()
+    trim_heap()
     rss["libs_warm"] = _status("VmRSS")
 
     model, tokenizer = load_causal_lm(_gguf_path())
@@ -106,7 +96,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     calib = calibration_batches(tokenizer, [books[b] for b in CALIB_BOOKS],
                                 n_samples=args.calib_samples, seq_len=args.seq_len)
     del books
-    _trim()
+    trim_heap()
     rss["loaded"] = _status("VmRSS")
     fp32_bytes = model_nbytes(model)
 

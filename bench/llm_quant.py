@@ -38,8 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenM
 
 import argparse
 import copy
-import ctypes
-import gc
 import logging
 import sys
 import threading
@@ -49,7 +47,7 @@ from typing import Any
 
 import torch
 
-from _common import one_line, setup_logging, step, torch_bytes, write_results
+from _common import one_line, setup_logging, step, torch_bytes, trim_heap, write_results
 
 from torchslim.llm import LLMQuantConfig, quantize_llm
 from torchslim.llm.data import calibration_batches, load_austen, token_slice
@@ -118,15 +116,6 @@ class PeakRSS:
         self.peak = max(self.peak, _rss())
 
 
-def _trim() -> None:
-    """Give freed heap back to the OS so that RSS figures show live memory only."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def _torchao(fp32: torch.nn.Module, method: str) -> torch.nn.Module:
     from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
                                       quantize_)
@@ -191,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                length=args.eval_tokens)
         prompt = token_slice(tokenizer, books["emma"], start=0, length=32)
         del books
-        _trim()
+        trim_heap()
     rss_loaded = _rss()
     fp32_bytes = model_nbytes(fp32)
     rows: dict[str, dict[str, Any]] = {}
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         try:
             with step(f"building {method}"):
-                _trim()
+                trim_heap()
                 cpu0, t0 = time.process_time(), time.perf_counter()
                 with PeakRSS() as mem:
                     if method in OURS:
