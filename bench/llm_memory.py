@@ -35,27 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torchslim.evaluate._memprobe import reset_high_water_mark, status_bytes
+
 MIB = 2 ** 20
 # the packages loading the GGUF model imports lazily (of ~1,800 modules, measured)
 _LAZY_IMPORTS = ("transformers.models.llama.modeling_llama",
                  "transformers.modeling_gguf_pytorch_utils", "gguf", "tokenizers", "accelerate",
                  "scipy.sparse", "scipy.optimize", "sympy", "triton", "torchvision")
-
-
-def _status(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,20 +62,20 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     trim_heap()
-    rss: dict[str, int] = {"libs": _status("VmRSS")}
+    rss: dict[str, int] = {"libs": status_bytes("VmRSS")}
     for name in _LAZY_IMPORTS:  # what loading imports anyway; the rest of libs_warm is pages
         try:                    # of library code and caches that the first load touches
             importlib.import_module(name)
         except ImportError:
             pass
     trim_heap()
-    rss["libs_imports"] = _status("VmRSS")
+    rss["libs_imports"] = status_bytes("VmRSS")
     warm, _ = load_causal_lm(_gguf_path(), with_tokenizer=False)
     with torch.no_grad():
         warm(input_ids=torch.arange(8).reshape(1, 8), use_cache=False)
     del warm
     trim_heap()
-    rss["libs_warm"] = _status("VmRSS")
+    rss["libs_warm"] = status_bytes("VmRSS")
 
     model, tokenizer = load_causal_lm(_gguf_path())
     books = load_austen(books=CALIB_BOOKS)
@@ -97,14 +83,14 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
                                 n_samples=args.calib_samples, seq_len=args.seq_len)
     del books
     trim_heap()
-    rss["loaded"] = _status("VmRSS")
+    rss["loaded"] = status_bytes("VmRSS")
     fp32_bytes = model_nbytes(model)
 
     events: list[tuple[float, int, str]] = []  # (seconds, rss, what just finished)
 
     class Marks(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            events.append((time.perf_counter() - t0, _status("VmRSS"), record.getMessage()))
+            events.append((time.perf_counter() - t0, status_bytes("VmRSS"), record.getMessage()))
 
     cal_log = logging.getLogger("torchslim.llm.calibrate")
     cal_log.setLevel(logging.DEBUG)
@@ -114,7 +100,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
     def sample() -> None:
         while not stop.wait(0.01):
-            now = _status("VmRSS")
+            now = status_bytes("VmRSS")
             if now > peak["sampled"]:
                 peak["sampled"], peak["at"] = now, time.perf_counter() - t0
 
@@ -123,7 +109,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
                          n_samples=args.calib_samples, seq_len=args.seq_len,
                          **({"batch_size": int(bs)} if bs else {}))
     fn = quantize_llm_ if kind == "inplace" else quantize_llm
-    hwm_reset = _reset_peak()
+    hwm_reset = reset_high_water_mark()
     sampler = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()
     sampler.start()
@@ -131,9 +117,9 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
-    hwm = _status("VmHWM")
+    hwm = status_bytes("VmHWM")
     rss["peak"] = max(peak["sampled"], hwm if hwm_reset else 0)
-    rss["after"] = _status("VmRSS")
+    rss["after"] = status_bytes("VmRSS")
     qbytes = model_nbytes(quantized)
     if args.save_artifact and args.child == "inplace":  # the default settings only
         from torchslim.llm.model import save_quantized

@@ -20,7 +20,7 @@ from pathlib import Path
 _KIB = 1024
 
 
-def _status_bytes(key: str) -> int:
+def status_bytes(key: str) -> int:
     """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -28,7 +28,7 @@ def _status_bytes(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _reset_high_water_mark() -> bool:
+def reset_high_water_mark() -> bool:
     """Set VmHWM to the current VmRSS ("5" in clear_refs); False where that is refused."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -71,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch  # noqa: F401
     shape = tuple(int(s) for s in args.shape.split(",") if s)
     batch = np.zeros((args.batch, *shape), dtype=np.float32)
-    reset = _reset_high_water_mark()
-    baseline = _status_bytes("VmRSS")
+    reset = reset_high_water_mark()
+    baseline = status_bytes("VmRSS")
     session = _load(args.kind, args.path, args.threads)
-    _reset_high_water_mark()
+    reset_high_water_mark()
     session.run(batch)
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     result = {"baseline_rss_bytes": baseline, "peak_hwm_bytes": peak,
               "peak_bytes": max(peak - baseline, 0), "hwm_reset": reset}
     sys.stdout.write(json.dumps(result) + "\n")

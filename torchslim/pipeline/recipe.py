@@ -98,6 +98,13 @@ class Budget(_Strict):
         return min(limits) if limits else 1.0
 
 
+def _known(registry: Any, what: str, value: str) -> str:
+    """``value`` if ``registry`` has it; else the error that lists the allowed names."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(registry.names())}")
+    return value
+
+
 class Target(_Strict):
     """Where the artifact will be served, and how it is timed."""
 
@@ -114,9 +121,7 @@ class Target(_Strict):
     def _known_runtime(cls, value: str) -> str:
         from torchslim.pipeline.quantize import RUNTIMES
 
-        if value not in RUNTIMES:
-            raise ValueError(f"unknown runtime {value!r}; allowed: {', '.join(RUNTIMES.names())}")
-        return value
+        return _known(RUNTIMES, "runtime", value)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -218,9 +223,7 @@ class QuantizeOptions(StageOptions):
     def _known_observer(cls, value: str) -> str:
         from torchslim.quant.observers import OBSERVERS
 
-        if value not in OBSERVERS:
-            raise ValueError(f"unknown observer {value!r}; allowed: {', '.join(OBSERVERS.names())}")
-        return value
+        return _known(OBSERVERS, "observer", value)
 
 
 class FinetuneOptions(StageOptions):
