@@ -19,6 +19,7 @@ def prune(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetens
           scope: Annotated[str, typer.Option(help="global (rank channels across layers) or uniform.")] = "global",
           round_to: Annotated[int, typer.Option(help="Kept channel counts are multiples of this (1: any).")] = 8,
           protect: Annotated[Optional[list[str]], typer.Option(help="Layer whose output channels stay (repeatable).")] = None,
+          remove_blocks: Annotated[str, typer.Option(help="Structured: residual blocks to remove first, a count (least important by validation loss) or names, e.g. layer1.1,layer2.1.")] = "0",
           sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Per-layer ratios from a sensitivity scan on the validation split.")] = False,
           steps: Annotated[int, typer.Option(help="Gradual pruning: steps (cubic schedule), fine-tuning after each.")] = 1,
           sparsity: Annotated[float, typer.Option(help="Unstructured: share of weights to zero.")] = 0.5,
@@ -35,7 +36,8 @@ def prune(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetens
     job = PruneJob(checkpoint=checkpoint, out=out, structured=structured,
                    target_macs=target_macs if target_macs is not None or target_params else 0.5,
                    target_params=target_params, importance=importance, scope=scope,
-                   round_to=round_to, protected=tuple(protect or ()), sensitivity=sensitivity,
+                   round_to=round_to, protected=tuple(protect or ()),
+                   blocks=_blocks(remove_blocks), sensitivity=sensitivity,
                    steps=steps, sparsity=sparsity, pattern=pattern,
                    finetune_epochs=finetune_epochs, lr=lr, threads=threads,
                    batch_sizes=_parse_sizes(batch_sizes), data_root=data)
@@ -47,3 +49,11 @@ def prune(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetens
                           f"params {record['params_before']:,} -> {record['params_after']:,}")
     out_console.print(f"checkpoint: {result['checkpoint']}\nartifact:   {result['artifact']}\n"
                       f"report:     {result['report']['html']}")
+
+
+def _blocks(text: str) -> int | tuple[str, ...]:
+    """``--remove-blocks``: "2" is a count, "layer1.1,layer2.1" names the blocks."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    return tuple(name.strip() for name in text.split(",") if name.strip())

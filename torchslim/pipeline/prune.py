@@ -20,12 +20,15 @@ from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
 from torchslim.evaluate import evaluate
 from torchslim.export import export_onnx
+from torchslim.evaluate.model_stats import count_macs, count_params
 from torchslim.prune import (ChannelPruneConfig, SparsityConfig, group_sensitivity,
                              layer_sparsity, prune_channels_, prune_gradually_,
-                             sensitivity_ratios, sparsify_)
+                             remove_blocks_, sensitivity_ratios, sparsify_)
+from torchslim.prune.structured import rescaled
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, TorchSession
 from torchslim.train import TrainConfig, fit, load_checkpoint, save_checkpoint
+from torchslim.train.checkpoint import RESHAPED_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class PruneJob:
     scope: str = "global"
     round_to: int | None = 8
     protected: tuple[str, ...] = ()
+    blocks: int | tuple[str, ...] = 0     # structured: residual blocks to remove (count or names)
     sensitivity: bool = False            # per-group ratios from a sensitivity scan
     steps: int = 1                       # gradual: prune in this many steps
     sparsity: float = 0.5                # unstructured: share of weights to zero
@@ -63,7 +67,7 @@ class PruneJob:
         return ChannelPruneConfig(target_macs=None if self.target_params else self.target_macs,
                                   target_params=self.target_params, importance=self.importance,
                                   scope=self.scope, round_to=self.round_to,
-                                  protected=self.protected)
+                                  protected=self.protected, blocks=self.blocks)
 
     def sparsity_config(self) -> SparsityConfig:
         if self.pattern == "unstructured":
@@ -90,12 +94,20 @@ def prune_model(model: nn.Module, data: DataBundle, job: PruneJob) -> dict[str, 
             fit(model, data.train, config=job.finetune(), val=data.val)
         return {"kind": job.pattern, "sparsity": layer_sparsity(model)}
     before = copy.deepcopy(model)
-    record: dict[str, Any] = {"kind": "structured", "config": _jsonable(asdict(job.channel_config()))}
+    config = job.channel_config()
+    record: dict[str, Any] = {"kind": "structured", "config": _jsonable(asdict(config))}
+    if job.blocks:  # whole blocks first, scored by the validation loss when each is bypassed
+        subset = calibration_subset(data.val, min(2000, len(data.val.dataset)), batch_size=250)
+        record["removed_blocks"] = remove_blocks_(model, job.blocks, example_inputs=x, data=subset)
+        setattr(model, RESHAPED_ATTR, True)
+        shape = tuple(x.shape[1:])
+        config = rescaled(config, count_macs(model, shape) / count_macs(before, shape),
+                          count_params(model) / count_params(before))
     if job.sensitivity:
         subset = calibration_subset(data.val, min(2000, len(data.val.dataset)), batch_size=250)
         table = group_sensitivity(model, x, subset, importance=job.importance, protected=job.protected)
         ratios = sensitivity_ratios(model, table, example_inputs=x, importance=job.importance,
-                                    target_macs=job.target_macs or 0.5, protected=job.protected,
+                                    target_macs=config.target_macs or 0.5, protected=job.protected,
                                     round_to=job.round_to)
         cfg = ChannelPruneConfig(ratios=ratios, importance=job.importance, round_to=job.round_to,
                                  protected=job.protected)
@@ -103,7 +115,7 @@ def prune_model(model: nn.Module, data: DataBundle, job: PruneJob) -> dict[str, 
         record["steps"] = prune_gradually_(model, cfg, example_inputs=x, train=data.train,
                                            val=data.val, steps=1, finetune=job.finetune())
     else:
-        record["steps"] = prune_gradually_(model, job.channel_config(), example_inputs=x,
+        record["steps"] = prune_gradually_(model, config, example_inputs=x,
                                            train=data.train, val=data.val, steps=job.steps,
                                            finetune=job.finetune())
     result = _measure(before, model, x)
@@ -113,7 +125,6 @@ def prune_model(model: nn.Module, data: DataBundle, job: PruneJob) -> dict[str, 
 
 def _measure(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Layer shapes and counts before/after, without pruning anything again."""
-    from torchslim.evaluate.model_stats import count_macs, count_params
     from torchslim.prune.structured import _changes, _shapes
     shape = tuple(x.shape[1:])
     return {"macs_before": count_macs(before, shape), "macs_after": count_macs(after, shape),

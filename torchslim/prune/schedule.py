@@ -96,6 +96,8 @@ def prune_gradually_(model: nn.Module, config: ChannelPruneConfig, *, example_in
     for i in range(1, steps + 1):
         kept = 1 - sparsity_at(i / steps, final=1 - final_kept, schedule=schedule)
         step_cfg = _step_config(config, kept, kept_before, model, shape, macs0, params0)
+        if i > 1:  # residual blocks, if any, go in the first step
+            step_cfg = dataclasses.replace(step_cfg, blocks=0)
         kept_before = kept
         result: PruneResult = prune_channels_(model, step_cfg, example_inputs=example_inputs, data=data or train)
         record: dict[str, Any] = {"step": i, "kept_target": round(kept, 4),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
 from torchslim.evaluate.model_stats import count_macs, count_params
+from torchslim.prune.depth import BLOCK_IMPORTANCE, remove_blocks_
 from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member
 from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs_gradients,
                                         normalized)
@@ -45,6 +46,8 @@ class ChannelPruneConfig:
     protected: tuple[str, ...] = ()     # layers whose output channels stay (stem, classifier)
     max_ratio: float = 0.9              # never remove more than this share of one group
     taylor_batches: int = 8             # batches for the Taylor gradients
+    blocks: int | tuple[str, ...] = 0   # residual blocks to remove first: a count or names
+    block_importance: str = "loss"      # loss (val loss when bypassed) or residual
 
     def __post_init__(self) -> None:
         given = [n for n in ("ratio", "target_macs", "target_params", "ratios")
@@ -67,6 +70,11 @@ class ChannelPruneConfig:
         if not 0 < self.max_ratio < 1:
             raise ConfigError(f"max_ratio={self.max_ratio} must be in (0, 1)")
         IMPORTANCE.get(self.importance)  # unknown name -> UnknownNameError listing the known
+        if isinstance(self.blocks, int) and self.blocks < 0:
+            raise ConfigError(f"blocks={self.blocks} must be >= 0: residual blocks to remove")
+        if self.block_importance not in BLOCK_IMPORTANCE:
+            raise ConfigError(f"block_importance={self.block_importance!r}; choose one of "
+                              f"{BLOCK_IMPORTANCE}")
 
 
 @dataclass
@@ -79,6 +87,7 @@ class PruneResult:
     params_after: int
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> before/after shapes
     groups: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> size before/after
+    removed_blocks: list[str] = field(default_factory=list)  # residual blocks removed whole
 
     @property
     def mac_ratio(self) -> float:
@@ -92,7 +101,8 @@ class PruneResult:
         return {"macs_before": self.macs_before, "macs_after": self.macs_after,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "mac_ratio": round(self.mac_ratio, 4), "param_ratio": round(self.param_ratio, 4),
-                "layers": self.layers, "groups": self.groups}
+                "layers": self.layers, "groups": self.groups,
+                "removed_blocks": self.removed_blocks}
 
 
 def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Tensor,
@@ -100,11 +110,20 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     """Remove channels from ``model`` in place; returns the measured before/after figures.
 
     ``example_inputs`` is one batch (shape only matters). ``data`` yields ``(x, y)``
-    batches; the Taylor importance needs it.
+    batches; the Taylor importance and the block-removal loss need it. With
+    ``config.blocks``, whole residual blocks go first (``remove_blocks_``) and the channels
+    then make up the rest of the target, which stays relative to the model as given.
     """
     input_shape = tuple(example_inputs.shape[1:])
+    original = config
     before = _shapes(model)
     macs0, params0 = count_macs(model, input_shape), count_params(model)
+    removed = remove_blocks_(model, config.blocks, example_inputs=example_inputs, data=data,
+                             criterion=config.block_importance) if config.blocks else []
+    if removed:
+        setattr(model, RESHAPED_ATTR, True)
+        config = rescaled(config, count_macs(model, input_shape) / macs0,
+                           count_params(model) / params0)
     graph = CouplingGraph(model, example_inputs, protected=config.protected)
     if not graph.groups:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group "
@@ -117,17 +136,33 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     scores = {g.name: IMPORTANCE.get(config.importance)(g) for g in graph.groups}
     model.zero_grad(set_to_none=True)
     cost = CostModel(model, graph.groups, example_inputs)
-    plan = _choose(config, graph.groups, scores, cost)
+    plan = _choose(config, graph.groups, scores, cost) if not _reached(config) else {}
     graph.prune_(plan)
     setattr(model, RESHAPED_ATTR, True)
     result = PruneResult(macs0, count_macs(model, input_shape), params0, count_params(model),
                          layers=_changes(before, _shapes(model)),
                          groups={g.name: {"before": g.size, "after": g.size - len(plan.get(g.name, []))}
-                                 for g in graph.groups})
-    _check_target(config, result)
+                                 for g in graph.groups},
+                         removed_blocks=removed)
+    _check_target(original, result)
     logger.info("pruned %s: MACs %.1f%%, params %.1f%% of the original",
                 type(model).__name__, 100 * result.mac_ratio, 100 * result.param_ratio)
     return result
+
+
+def rescaled(config: ChannelPruneConfig, mac_ratio: float, param_ratio: float) -> ChannelPruneConfig:
+    """The channel target that, after blocks took the model to ``mac_ratio`` of its MACs
+    (``param_ratio`` of its parameters), lands on the original target."""
+    if config.target_macs is not None:
+        return replace(config, target_macs=min(1.0, config.target_macs / mac_ratio), blocks=0)
+    if config.target_params is not None:
+        return replace(config, target_params=min(1.0, config.target_params / param_ratio), blocks=0)
+    return replace(config, blocks=0)
+
+
+def _reached(config: ChannelPruneConfig) -> bool:
+    """True when removing blocks alone already met the MAC or parameter target."""
+    return any(t is not None and t >= 1.0 for t in (config.target_macs, config.target_params))
 
 
 def _choose(config: ChannelPruneConfig, groups: list[ChannelGroup], scores: dict[str, Tensor],

@@ -2,8 +2,9 @@
 
 Structured pruning leaves an ordinary ``nn.Module`` whose layers are narrower than the
 ones ``build_model`` creates. ``structure_of`` records every shape-defining attribute
-(channels, features, groups) by module name; ``restructure_`` resizes a freshly built
-model to match, so that its state dict loads without "size mismatch" errors.
+(channels, features, groups) by module name, and every residual block that depth pruning
+removed; ``restructure_`` removes and resizes the same modules of a freshly built model, so
+that its state dict loads without "size mismatch" or "missing key" errors.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ SHAPE_ATTRS: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
 )
 
 
+class RemovedBlock(nn.Identity):
+    """Where depth pruning removed a residual block (``torchslim.prune.remove_blocks_``).
+    ``structure_of`` records it, so that a reloaded model is as shallow as the saved one."""
+
+
+REMOVED = {"removed": True}
+
+
 def _attrs_for(module: nn.Module) -> tuple[str, ...]:
     for kind, attrs in SHAPE_ATTRS:
         if isinstance(module, kind):
@@ -39,6 +48,9 @@ def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{module_name: {attribute: value}}`` for every module with shape attributes."""
     out: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
+        if isinstance(module, RemovedBlock):
+            out[name] = dict(REMOVED)
+            continue
         attrs = _attrs_for(module)
         if attrs:
             out[name] = {a: _jsonable(getattr(module, a)) for a in attrs}
@@ -48,6 +60,16 @@ def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
 def restructure_(model: nn.Module, structure: dict[str, dict[str, Any]],
                  state: dict[str, torch.Tensor]) -> nn.Module:
     """Resize ``model``'s modules to ``structure`` and its tensors to ``state``'s shapes."""
+    removed = [name for name, attrs in structure.items() if attrs == REMOVED]
+    known = dict(model.named_modules())
+    for name in removed:
+        if name not in known:
+            raise ArchitectureMismatchError(
+                f"the recorded structure removed block {name!r}, which this model lacks; "
+                "rebuild the architecture the checkpoint was saved from (see its .json sidecar)")
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, RemovedBlock())
+    structure = {n: a for n, a in structure.items() if a != REMOVED}
     modules = dict(model.named_modules())
     unknown = [name for name in structure if name not in modules]
     if unknown:
