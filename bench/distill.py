@@ -130,7 +130,7 @@ def load_setup(args: argparse.Namespace) -> Setup:
         wanted.append((args.second_teacher, MBV2_RECIPE))
     teachers = [load_checkpoint(path)[0] if path else get_teacher(recipe, data, cache=args.cache)[0]
                 for path, recipe in wanted]
-    return Setup(data, teachers, ("resnet8", {"width": args.student_width}),
+    return Setup(data, teachers, (args.student, {"width": args.student_width}),
                  ("resnet8", {"width": args.assistant_width}), args)
 
 
@@ -228,6 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--feature-weight", type=float, default=1.0)
+    p.add_argument("--student", default="resnet8", help="zoo ResNet of the student")
     p.add_argument("--student-width", type=int, default=8)
     p.add_argument("--assistant-width", type=int, default=12)
     p.add_argument("--cache", type=Path, default=None,

@@ -34,8 +34,8 @@ from torchslim.data import DataBundle, load_data
 from torchslim.evaluate.model_stats import count_macs, count_nonzero, count_params
 from torchslim.export import export_onnx
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
-from torchslim.prune import (ChannelPruneConfig, group_sensitivity, prune_channels_,
-                             sensitivity_ratios)
+from torchslim.prune import (ChannelPruneConfig, RemovedBlock, group_sensitivity,
+                             prune_channels_, sensitivity_ratios)
 from torchslim.runtime import load as load_session
 from torchslim.train import TrainConfig, fit
 
@@ -51,10 +51,11 @@ def finetune_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def torchslim_method(importance: str, keep: float, args: argparse.Namespace,
-                     data: DataBundle, round_to: int | None = None) -> Any:
+                     data: DataBundle, round_to: int | None = None,
+                     blocks: int | tuple[str, ...] = 0) -> Any:
     def run(model: nn.Module) -> nn.Module:
         cfg = ChannelPruneConfig(target_macs=keep, importance=importance,
-                                 round_to=round_to or args.round_to)
+                                 round_to=round_to or args.round_to, blocks=blocks)
         prune_channels_(model, cfg, example_inputs=torch.zeros(2, *SHAPE), data=data.train)
         return model
     return run
@@ -150,6 +151,8 @@ def build_row(name: str, reduction: int, prune: Any, teacher: nn.Module, data: D
             c.bytes, c.seconds = file_bytes(path), round(time.perf_counter() - t0, 1)
             c.top1 = float((predict(c.session, images).argmax(1) == labels).mean())
             extra.update(macs=count_macs(model, SHAPE), params=count_params(model),
+                         removed_blocks=[n for n, m in model.named_modules()
+                                         if isinstance(m, RemovedBlock)],
                          nonzero_params=count_nonzero(model), prune_seconds=round(pruned_s, 2))
             write_json(record, {**extra, "bytes": c.bytes, "seconds": c.seconds, "top1": c.top1})
         return c, extra
@@ -215,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                        "torch-nn-prune-unstructured": unstructured_method(keep)}
             if reduction == 2:  # channel counts in ONNX Runtime's AVX-512 NCHWc block of 16
                 methods["torchslim-l2-round16"] = torchslim_method("l2", keep, args, data, 16)
+                # and one residual block fewer: the one whose bypass costs least validation
+                # loss, or the weaker block of the first stage, where ONNX Runtime spends
+                # most of its time (bench/prune_layout.py --profile) and channels cannot go
+                methods["torchslim-l2-depth-round16"] = torchslim_method("l2", keep, args, data,
+                                                                         16, blocks=1)
+                methods["torchslim-l2-layer1.1-round16"] = torchslim_method(
+                    "l2", keep, args, data, 16, blocks=("layer1.1",))
             for name, fn in methods.items():
                 if wanted and name not in wanted:
                     continue

@@ -148,12 +148,29 @@ def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path
     (["--importance", "hessian"], ("hessian", "taylor")),
     (["--unstructured", "--pattern", "2-4"], ("2-4", "2:4")),
     (["--protect", "stem"], ("'stem'",)),
+    (["--remove-blocks", "layer1.1"], ("layer1.1", "did you mean layer1.0")),
+    (["--remove-blocks", "3"], ("blocks=3", "only 1 removable")),
 ])
 def test_prune_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
                                    needles: tuple[str, ...], one_line_error) -> None:
     result = runner.invoke(app, ["prune", str(checkpoint), "--data", str(fake_fashion),
                                  "--finetune-epochs", "0", *args])
     one_line_error(result, *needles)
+
+
+def test_prune_removes_a_residual_block(fake_fashion: Path, tmp_path: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "ck" / "resnet8.safetensors", build_model("resnet8", width=16),
+                           dataset="fashion-mnist")
+    out = tmp_path / "p"
+    result = runner.invoke(app, ["prune", str(ckpt), "--data", str(fake_fashion), "--structured",
+                                 "--target-macs", "0.5", "--remove-blocks", "1",
+                                 "--finetune-epochs", "0", "--batch-sizes", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pruning = json.loads((out / "report.json").read_text())["pruning"]
+    assert pruning["removed_blocks"] == ["layer1.0"]   # resnet8's one block with an identity shortcut
+    assert abs(pruning["macs_after"] / pruning["macs_before"] - 0.5) <= 0.03 * 0.5
+    pruned = torchslim.load(out / "resnet8-pruned.safetensors")
+    assert isinstance(pruned.layer1[0], torchslim.prune.RemovedBlock)
 
 
 @pytest.mark.slow
