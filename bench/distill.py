@@ -225,7 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(TRAINERS))
     p.add_argument("--epochs", type=int, default=None, help="default 3 (quick: 2)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--temperature", type=float, default=2.0,
+                   help="chosen on the validation split (--grid); README")
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--feature-weight", type=float, default=1.0)
     p.add_argument("--student", default="resnet8", help="zoo ResNet of the student")

@@ -185,6 +185,7 @@ class PruneOptions(StageOptions):
     scope: str = "global"
     round_to: int | None = Field(8, ge=1)
     protected: tuple[str, ...] = ()
+    blocks: int | tuple[str, ...] = 0    # residual blocks to remove first: a count or names
     sensitivity: bool = False
     steps: int = Field(1, ge=1)
     sparsity: float = Field(0.5, ge=0, lt=1)
