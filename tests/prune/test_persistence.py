@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 import torchslim
@@ -73,11 +74,12 @@ def _conv_channels(path: Path) -> list[tuple[int, ...]]:
     return shapes
 
 
-def test_ptq_and_qat_keep_the_pruned_channels(tmp_path: Path, digits_model) -> None:
+@pytest.mark.parametrize("blocks", [0, ("layer1.0",)], ids=["channels", "channels+block"])
+def test_ptq_and_qat_keep_the_pruned_channels(tmp_path: Path, digits_model, blocks) -> None:
     _, data = digits_model
     model = build_model("resnet8", width=16).eval()
     x = torch.zeros(2, 1, 8, 8)
-    prune_channels_(model, ChannelPruneConfig(target_macs=0.5), example_inputs=x)
+    prune_channels_(model, ChannelPruneConfig(target_macs=0.5, blocks=blocks), example_inputs=x)
     float_shapes = _conv_channels(export_onnx(model, tmp_path / "f.onnx", input_shape=(1, 8, 8)))
     ptq = quantize(model, calibration=data.val, num_batches=2)
     assert _conv_channels(export_qdq(ptq, tmp_path / "ptq.onnx", input_shape=(1, 8, 8))) == float_shapes
