@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +107,7 @@ def test_pruned_model_exports_and_onnx_runtime_agrees(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_reload_in_a_new_process_is_as_shallow(tmp_path: Path) -> None:
+def test_reload_in_a_new_process_is_as_shallow(tmp_path: Path, outputs_in_a_new_process) -> None:
     model = resnet14()
     prune_channels_(model, ChannelPruneConfig(target_macs=0.5, round_to=8,
                                               blocks=("layer1.0", "layer2.1")), example_inputs=X)
@@ -118,16 +116,9 @@ def test_reload_in_a_new_process_is_as_shallow(tmp_path: Path) -> None:
     assert meta["structure"]["layer2.1"] == {"removed": True}
     assert isinstance(again.layer1[0], RemovedBlock) and isinstance(again.layer2[1], RemovedBlock)
     x = torch.randn(4, 1, 28, 28)
-    np.save(tmp_path / "x.npy", x.numpy())
     with torch.no_grad():
         expected = model(x).numpy()
-    code = ("import sys, numpy as np, torch, torchslim\n"
-            "m = torchslim.load(sys.argv[1])\n"
-            "x = torch.from_numpy(np.load(sys.argv[2]))\n"
-            "with torch.no_grad(): np.save(sys.argv[3], m(x).numpy())\n")
-    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, timeout=120)
-    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+    assert np.array_equal(outputs_in_a_new_process(path, x, tmp_path), expected)
 
 
 def test_unknown_block_name_lists_close_matches() -> None:

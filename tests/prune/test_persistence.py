@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,20 +32,14 @@ def test_sidecar_records_channel_counts(tmp_path: Path) -> None:
     assert meta["structure"]["layer1.0.conv1"]["out_channels"] == model.layer1[0].conv1.out_channels
 
 
-def test_reload_in_a_new_process_gives_identical_outputs(tmp_path: Path) -> None:
+def test_reload_in_a_new_process_gives_identical_outputs(tmp_path: Path,
+                                                        outputs_in_a_new_process) -> None:
     model = pruned_resnet()
     path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
     x = torch.randn(4, 1, 28, 28)
-    np.save(tmp_path / "x.npy", x.numpy())
     with torch.no_grad():
         expected = model(x).numpy()
-    code = ("import sys, numpy as np, torch, torchslim\n"
-            "m = torchslim.load(sys.argv[1])\n"
-            "x = torch.from_numpy(np.load(sys.argv[2]))\n"
-            "with torch.no_grad(): np.save(sys.argv[3], m(x).numpy())\n")
-    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
-                    str(tmp_path / "y.npy")], check=True, timeout=120)
-    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+    assert np.array_equal(outputs_in_a_new_process(path, x, tmp_path), expected)
 
 
 def test_reload_in_process(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from torchslim.errors import ConfigError, UnknownNameError
+from torchslim.prune.graph import forward_once
 from torchslim.train.structure import RemovedBlock
 
 __all__ = ["BLOCK_IMPORTANCE", "RemovedBlock", "block_importance", "remove_blocks_",
@@ -164,16 +165,7 @@ def _io_shapes(model: nn.Module, example_inputs: Tensor) -> dict[str, tuple[Any,
                 shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_inputs[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_once(model, example_inputs, {m: hook(n) for n, m in model.named_modules() if n})
     return shapes
 
 

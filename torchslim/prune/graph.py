@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from torchslim.errors import MissingDependencyError, UnsupportedModelError
 
@@ -53,6 +53,22 @@ class ChannelGroup:
     def __str__(self) -> str:
         outs = ", ".join(self.layers("out"))
         return f"group {self.name} ({self.size} channels): outputs of {outs}"
+
+
+def forward_once(model: nn.Module, example_inputs: Tensor,
+                 hooks: dict[nn.Module, Callable[..., None]]) -> None:
+    """One eval-mode, no-grad forward pass of the first sample with ``hooks`` (module ->
+    forward hook) attached; the hooks are removed and the model's mode restored after."""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_inputs[:1])
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 def _tp() -> Any:

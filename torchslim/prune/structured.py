@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchslim.errors import ConfigError
 from torchslim.evaluate.model_stats import count_macs, count_params
 from torchslim.prune.depth import BLOCK_IMPORTANCE, remove_blocks_
-from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member
+from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member, forward_once
 from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs_gradients,
                                         normalized)
 from torchslim.train.checkpoint import RESHAPED_ATTR
@@ -372,17 +372,8 @@ def _positions(model: nn.Module, example_inputs: Tensor) -> dict[str, int]:
             found[name] = found.get(name, 0) + out[:1].numel() // channels
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_inputs[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_once(model, example_inputs, {m: hook(n) for n, m in model.named_modules()
+                                         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))})
     return found
 
 
