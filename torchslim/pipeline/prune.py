@@ -23,12 +23,11 @@ from torchslim.export import export_onnx
 from torchslim.evaluate.model_stats import count_macs, count_params
 from torchslim.prune import (ChannelPruneConfig, SparsityConfig, group_sensitivity,
                              layer_sparsity, prune_channels_, prune_gradually_,
-                             remove_blocks_, sensitivity_ratios, sparsify_)
-from torchslim.prune.structured import rescaled
+                             sensitivity_ratios, sparsify_)
+from torchslim.prune.structured import remove_blocks_first_
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, TorchSession
 from torchslim.train import TrainConfig, fit, load_checkpoint, save_checkpoint
-from torchslim.train.checkpoint import RESHAPED_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +95,13 @@ def prune_model(model: nn.Module, data: DataBundle, job: PruneJob) -> dict[str, 
     before = copy.deepcopy(model)
     config = job.channel_config()
     record: dict[str, Any] = {"kind": "structured", "config": _jsonable(asdict(config))}
-    if job.blocks:  # whole blocks first, scored by the validation loss when each is bypassed
-        subset = calibration_subset(data.val, min(2000, len(data.val.dataset)), batch_size=250)
-        record["removed_blocks"] = remove_blocks_(model, job.blocks, example_inputs=x, data=subset)
-        setattr(model, RESHAPED_ATTR, True)
-        shape = tuple(x.shape[1:])
-        config = rescaled(config, count_macs(model, shape) / count_macs(before, shape),
-                          count_params(model) / count_params(before))
+    subset = calibration_subset(data.val, min(2000, len(data.val.dataset)), batch_size=250) \
+        if job.blocks or job.sensitivity else None
+    # whole blocks first, scored by the validation loss when each is bypassed
+    removed, config = remove_blocks_first_(model, config, example_inputs=x, data=subset)
+    if removed:
+        record["removed_blocks"] = removed
     if job.sensitivity:
-        subset = calibration_subset(data.val, min(2000, len(data.val.dataset)), batch_size=250)
         table = group_sensitivity(model, x, subset, importance=job.importance, protected=job.protected)
         ratios = sensitivity_ratios(model, table, example_inputs=x, importance=job.importance,
                                     target_macs=config.target_macs or 0.5, protected=job.protected,

@@ -107,7 +107,7 @@ def remove_blocks_(model: nn.Module, blocks: int | Sequence[str], *, example_inp
         if not batches:
             batches, criterion = [(example_inputs, None)], "residual"
         scores = block_importance(model, candidates, batches, criterion=criterion)
-        chosen = sorted(candidates, key=lambda n: (scores[n], candidates.index(n)))[:blocks]
+        chosen = sorted(candidates, key=scores.__getitem__)[:blocks]  # stable: ties keep order
         logger.info("block importance (%s): %s", criterion,
                     ", ".join(f"{n} {scores[n]:.4f}" for n in candidates))
     else:
@@ -120,14 +120,9 @@ def remove_blocks_(model: nn.Module, blocks: int | Sequence[str], *, example_inp
                     + (f"did you mean {', '.join(close)}? " if close else "")
                     + f"removable: {', '.join(candidates) or 'none'}")
     for name in chosen:
-        _replace(model, name, RemovedBlock())
+        model.set_submodule(name, RemovedBlock())
     logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(chosen))
     return [n for n in candidates if n in chosen]
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
 
 
 def _adds_its_input(module: nn.Module) -> bool:
@@ -177,10 +172,10 @@ class _bypassed:
         self.block = model.get_submodule(name)
 
     def __enter__(self) -> None:
-        _replace(self.model, self.name, nn.Identity())
+        self.model.set_submodule(self.name, nn.Identity())
 
     def __exit__(self, *_exc: Any) -> None:
-        _replace(self.model, self.name, self.block)
+        self.model.set_submodule(self.name, self.block)
 
 
 def _mean_loss(model: nn.Module, batches: Sequence[Any]) -> float:

@@ -118,12 +118,7 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     original = config
     before = _shapes(model)
     macs0, params0 = count_macs(model, input_shape), count_params(model)
-    removed = remove_blocks_(model, config.blocks, example_inputs=example_inputs, data=data,
-                             criterion=config.block_importance) if config.blocks else []
-    if removed:
-        setattr(model, RESHAPED_ATTR, True)
-        config = rescaled(config, count_macs(model, input_shape) / macs0,
-                           count_params(model) / params0)
+    removed, config = remove_blocks_first_(model, config, example_inputs=example_inputs, data=data)
     graph = CouplingGraph(model, example_inputs, protected=config.protected)
     if not graph.groups:
         raise ConfigError(f"{type(model).__name__} has no prunable channel group "
@@ -150,14 +145,25 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     return result
 
 
-def rescaled(config: ChannelPruneConfig, mac_ratio: float, param_ratio: float) -> ChannelPruneConfig:
-    """The channel target that, after blocks took the model to ``mac_ratio`` of its MACs
-    (``param_ratio`` of its parameters), lands on the original target."""
+def remove_blocks_first_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Tensor,
+                         data: Iterable[Any] | None = None) -> tuple[list[str], ChannelPruneConfig]:
+    """Remove ``config.blocks`` from ``model`` in place; returns the names removed and the
+    channel config (``blocks=0``) whose target, on the shallower model, lands on the
+    original target. Without blocks, ``([], config)``."""
+    if not config.blocks:
+        return [], config
+    shape = tuple(example_inputs.shape[1:])
+    macs0, params0 = count_macs(model, shape), count_params(model)
+    removed = remove_blocks_(model, config.blocks, example_inputs=example_inputs, data=data,
+                             criterion=config.block_importance)
+    setattr(model, RESHAPED_ATTR, True)
+    mac_ratio, param_ratio = count_macs(model, shape) / macs0, count_params(model) / params0
     if config.target_macs is not None:
-        return replace(config, target_macs=min(1.0, config.target_macs / mac_ratio), blocks=0)
+        return removed, replace(config, blocks=0, target_macs=min(1.0, config.target_macs / mac_ratio))
     if config.target_params is not None:
-        return replace(config, target_params=min(1.0, config.target_params / param_ratio), blocks=0)
-    return replace(config, blocks=0)
+        return removed, replace(config, blocks=0,
+                                target_params=min(1.0, config.target_params / param_ratio))
+    return removed, replace(config, blocks=0)
 
 
 def _reached(config: ChannelPruneConfig) -> bool:

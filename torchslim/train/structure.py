@@ -67,8 +67,7 @@ def restructure_(model: nn.Module, structure: dict[str, dict[str, Any]],
             raise ArchitectureMismatchError(
                 f"the recorded structure removed block {name!r}, which this model lacks; "
                 "rebuild the architecture the checkpoint was saved from (see its .json sidecar)")
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, RemovedBlock())
+        model.set_submodule(name, RemovedBlock())
     structure = {n: a for n, a in structure.items() if a != REMOVED}
     modules = dict(model.named_modules())
     unknown = [name for name in structure if name not in modules]
