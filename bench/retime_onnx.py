@@ -17,34 +17,24 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _common import Candidate, time_interleaved
+
+from torchslim.runtime import load as load_session
+
+SHAPE = (1, 28, 28)   # the Fashion-MNIST artifacts of bench/prune_peers.py
 
 
 def time_once(paths: list[str], rounds: int, batch: int, threads: int) -> dict[str, float]:
-    """One process: the median batch latency (seconds) of each artifact, interleaved."""
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
-    sessions = {}
-    for p in paths:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        sessions[p] = ort.InferenceSession(p, options, providers=["CPUExecutionProvider"])
-    medians: dict[str, list[float]] = {p: [] for p in paths}
-    for _ in range(rounds):
-        for p, s in sessions.items():
-            feed = {s.get_inputs()[0].name: x}
-            s.run(None, feed)  # warm
-            runs = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                runs.append(time.perf_counter() - t0)
-            medians[p].append(statistics.median(runs))
-    return {p: statistics.median(m) for p, m in medians.items()}
+    """One process: the median batch latency (seconds) of each artifact, timed in one
+    interleaved loop (``_common.time_interleaved``)."""
+    candidates = [Candidate("artifact", p, "onnxruntime", session=load_session(p, threads=threads))
+                  for p in paths]
+    samples = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
+    time_interleaved(candidates, samples, batch_sizes=(batch,), repeats=rounds, calls=20)
+    return {c.method: c.p50_ms[batch] / 1e3 for c in candidates}
 
 
 def main(argv: list[str] | None = None) -> int:
