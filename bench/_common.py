@@ -24,7 +24,7 @@ from torch import nn
 
 from torchslim import config
 from torchslim._io import write_json
-from torchslim.evaluate.latency import tile_batch
+from torchslim.evaluation.latency import tile_batch
 from torchslim.runtime.base import Session
 
 logger = logging.getLogger("bench")

@@ -27,8 +27,8 @@ from _common import one_line, setup_logging, step, write_results
 from torch import nn
 
 from torchslim.data import DataBundle, load_data
-from torchslim.distill import DistillConfig, distill, distill_chain
-from torchslim.distill.api import INFO_ATTR
+from torchslim.distillation import DistillConfig, distill, distill_chain
+from torchslim.distillation.api import INFO_ATTR
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 from torchslim.train import TrainConfig, accuracy, fit, load_checkpoint
 from torchslim.zoo import build_model

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from torchslim.evaluate._memprobe import reset_high_water_mark, status_bytes
+from torchslim.evaluation._memprobe import reset_high_water_mark, status_bytes
 
 MIB = 2 ** 20
 # the packages loading the GGUF model imports lazily (of ~1,800 modules, measured)

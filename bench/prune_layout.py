@@ -30,8 +30,8 @@ from _common import (Candidate, file_bytes, print_table, setup_logging, step,
 from torch import nn
 
 from torchslim.data import calibration_subset, load_data
-from torchslim.evaluate.model_stats import count_macs
-from torchslim.export import export_onnx, export_qdq
+from torchslim.evaluation.model_stats import count_macs
+from torchslim.exporters import export_onnx, export_qdq
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 from torchslim.prune import ChannelPruneConfig, prune_channels_
 from torchslim.quant.api import quantize

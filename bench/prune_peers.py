@@ -31,8 +31,8 @@ from torch import nn
 
 from torchslim._io import write_json
 from torchslim.data import DataBundle, load_data
-from torchslim.evaluate.model_stats import count_macs, count_nonzero, count_params
-from torchslim.export import export_onnx
+from torchslim.evaluation.model_stats import count_macs, count_nonzero, count_params
+from torchslim.exporters import export_onnx
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.prune import (ChannelPruneConfig, RemovedBlock, group_sensitivity,
                              prune_channels_, sensitivity_ratios)

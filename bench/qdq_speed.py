@@ -30,8 +30,8 @@ from torch import nn
 from _common import (Candidate, build, print_table, setup_logging, step, time_interleaved,
                      to_row, write_results)
 
-from torchslim.export import export_onnx
-from torchslim.export.qdq import export_qdq, ort_fused_ops
+from torchslim.exporters import export_onnx
+from torchslim.exporters.qdq import export_qdq, ort_fused_ops
 from torchslim.runtime.onnxruntime import OnnxRuntimeSession
 
 MODEL = "resnet18"

@@ -33,9 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.data import DataBundle, calibration_subset, load_data
-from torchslim.evaluate.latency import tile_batch
-from torchslim.evaluate.metrics import agreement, topk_accuracy
-from torchslim.export import export_onnx, export_openvino
+from torchslim.evaluation.latency import tile_batch
+from torchslim.evaluation.metrics import agreement, topk_accuracy
+from torchslim.exporters import export_onnx, export_openvino
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, TorchSession
 from torchslim.train import TrainConfig
@@ -104,7 +104,7 @@ def fp32_onnx(ctx: Context) -> dict[str, Any]:
 
 def _qdq_sessions(ctx: Context, prepared: nn.Module, stem: str, seconds: float,
                   openvino: bool) -> dict[str, Any]:
-    from torchslim.export.qdq import export_qdq
+    from torchslim.exporters.qdq import export_qdq
 
     path = export_qdq(prepared, ctx.workdir / f"{stem}.onnx", input_shape=ctx.input_shape)
     out: dict[str, Any] = {"onnxruntime": OnnxRuntimeSession(path, threads=ctx.threads),

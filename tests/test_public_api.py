@@ -1,5 +1,11 @@
 """The public surface is deliberate: adding or removing a name is a visible change here."""
 
+import importlib
+import pkgutil
+import types
+
+import pytest
+
 import torchslim
 
 EXPECTED = {
@@ -42,7 +48,22 @@ def test_version_matches_the_package_metadata() -> None:
     assert torchslim.__version__ == version("torchslim")
 
 
-def test_export_function_does_not_break_the_subpackage() -> None:
-    from torchslim.export import export_qdq
+def _public_subpackages() -> list[str]:
+    return sorted(info.name for info in pkgutil.iter_modules(torchslim.__path__)
+                  if info.ispkg and not info.name.startswith("_"))
 
-    assert callable(torchslim.export) and torchslim.export_qdq is export_qdq
+
+@pytest.mark.parametrize("name", _public_subpackages())
+def test_every_public_subpackage_imports_by_its_dotted_path(name: str) -> None:
+    module = importlib.import_module(f"torchslim.{name}")
+    assert isinstance(module, types.ModuleType) and module.__name__ == f"torchslim.{name}"
+    # after the import, the attribute of the package is that subpackage, not a function
+    assert getattr(torchslim, name) is module
+
+
+def test_no_public_name_is_both_a_function_and_a_subpackage() -> None:
+    clashes = [n for n in torchslim.__all__ if n in _public_subpackages()]
+    assert clashes == []
+    for name in ("export", "evaluate", "distill", "quantize"):
+        assert callable(getattr(torchslim, name)), name
+        assert not isinstance(getattr(torchslim, name), types.ModuleType), name

@@ -14,8 +14,8 @@ from torchslim.errors import (ArchitectureMismatchError, ArtifactError, Checkpoi
                               ConfigError, DataFormatError, DataNotFoundError,
                               MissingDependencyError, TorchslimError, UnknownNameError,
                               UnsupportedModelError)
-from torchslim.evaluate import EvalResult, evaluate
-from torchslim.export import export_onnx, export_qdq
+from torchslim.evaluation import EvalResult, evaluate
+from torchslim.exporters import export, export_onnx, export_qdq
 from torchslim.pipeline import DemoOptions, Recipe, load_recipe, run_demo, run_recipe
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession
@@ -26,13 +26,7 @@ from torchslim.quant import QuantSpec
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import LayerOverride, QuantConfig
 from torchslim.zoo import build_model, list_models
-
-# Last: the functions `torchslim.export(...)` and `torchslim.distill(...)` take the names of
-# their subpackages' attributes; `from torchslim.export import ...` (and `.distill`) keep
-# working through sys.modules.
-from torchslim.distill import DistillConfig  # noqa: E402
-from torchslim.distill.api import distill  # noqa: E402
-from torchslim.export.api import export  # noqa: E402
+from torchslim.distillation import DistillConfig, distill
 
 __all__ = [
     "__version__",

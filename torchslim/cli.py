@@ -115,7 +115,7 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
                  data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
     """Evaluate a checkpoint or an ONNX artifact on the test split and write a report."""
     from torchslim.data import load_data
-    from torchslim.evaluate import evaluate
+    from torchslim.evaluation import evaluate
     from torchslim.report import print_table, write_report
 
     sizes = _parse_sizes(batch_sizes)
@@ -201,7 +201,7 @@ def report(reports: Annotated[list[Path], typer.Argument(help="report.json files
            out: Annotated[Path, typer.Option(help="Directory for the merged report.")] = Path("runs/report")
            ) -> None:
     """Merge report.json files (first one's baseline) into one JSON/HTML report."""
-    from torchslim.evaluate import EvalResult
+    from torchslim.evaluation import EvalResult
     from torchslim.report import load_report, print_table, write_report
 
     loaded = [load_report(p) for p in reports]

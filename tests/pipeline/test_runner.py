@@ -43,7 +43,7 @@ def test_harsh_pruning_is_rolled_back_and_its_fallback_accepted(write_recipe, on
     assert stage["status"] == "done" and stage["accepted"] == 1
     # the accepted pruned checkpoint is the state quantize started from
     pruned, _ = load_checkpoint(result.out / mild["checkpoint"])
-    from torchslim.evaluate.model_stats import count_macs
+    from torchslim.evaluation.model_stats import count_macs
     assert count_macs(pruned, (1, 8, 8)) == mild["record"]["macs_after"]
 
     report = json.loads((result.out / "report.json").read_text())

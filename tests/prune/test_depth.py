@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 
 from torchslim.errors import ConfigError, UnknownNameError
-from torchslim.evaluate.model_stats import count_macs
-from torchslim.export import export_onnx
+from torchslim.evaluation.model_stats import count_macs
+from torchslim.exporters import export_onnx
 from torchslim.prune import (ChannelPruneConfig, RemovedBlock, block_importance,
                              prune_channels_, remove_blocks_, residual_blocks)
 from torchslim.train import load_checkpoint, save_checkpoint

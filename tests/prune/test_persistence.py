@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchslim
-from torchslim.export import export_onnx, export_qdq
+from torchslim.exporters import export_onnx, export_qdq
 from torchslim.prune import ChannelPruneConfig, prune_channels_
 from torchslim.quant.api import qat, quantize
 from torchslim.train import TrainConfig, load_checkpoint, read_checkpoint, save_checkpoint

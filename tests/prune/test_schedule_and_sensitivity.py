@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate.model_stats import count_macs
+from torchslim.evaluation.model_stats import count_macs
 from torchslim.prune import (ChannelPruneConfig, CouplingGraph, group_sensitivity,
                              prune_channels_, prune_gradually_, sensitivity_ratios)
 from torchslim.train import TrainConfig, accuracy

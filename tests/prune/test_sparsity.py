@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.export import export_onnx, export_qdq
+from torchslim.exporters import export_onnx, export_qdq
 from torchslim.prune import (GradualSparsity, SparsityConfig, layer_sparsity, nm_mask, prune_,
                              sparsify_, sparsity_at)
 from torchslim.quant.api import qat

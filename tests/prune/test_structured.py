@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError, UnknownNameError, UnsupportedModelError
-from torchslim.evaluate.model_stats import count_macs
+from torchslim.evaluation.model_stats import count_macs
 from torchslim.prune import ChannelPruneConfig, CouplingGraph, prune_, prune_channels_
 from torchslim.prune.importance import IMPORTANCE
 from torchslim.zoo import build_model

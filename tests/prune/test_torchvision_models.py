@@ -10,8 +10,8 @@ import pytest
 import torch
 import torchvision
 
-from torchslim.evaluate.model_stats import count_macs
-from torchslim.export import export_onnx
+from torchslim.evaluation.model_stats import count_macs
+from torchslim.exporters import export_onnx
 from torchslim.prune import ChannelPruneConfig, prune_channels_
 from torchslim.runtime import OnnxRuntimeSession
 

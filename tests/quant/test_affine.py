@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchslim.errors import ConfigError
-from torchslim.quant import (QuantSpec, calc_qparams_for, compute_qparams, dequantize,
-                             fake_quantize, quantize, sqnr_db)
+from torchslim.quant import (QuantSpec, calc_qparams_for, compute_qparams, dequantize_tensor,
+                             fake_quantize, quantize_tensor, sqnr_db)
 
 KINDS = ("normal", "zeros", "tiny", "huge", "negative", "positive", "constant")
 
@@ -67,10 +67,10 @@ def test_round_trip_within_half_a_step(case: tuple[torch.Tensor, QuantSpec]) -> 
     scale, zp = calc_qparams_for(x, spec)
     assert torch.isfinite(scale).all() and (scale > 0).all()
     assert zp.dtype == torch.int32 and scale.dtype == torch.float32
-    q = quantize(x, scale, zp, spec)
+    q = quantize_tensor(x, scale, zp, spec)
     assert q.dtype == (torch.int8 if spec.signed else torch.uint8) and q.shape == x.shape
     assert int(q.min()) >= spec.qmin and int(q.max()) <= spec.qmax
-    x_hat = dequantize(q, scale, zp, spec)
+    x_hat = dequantize_tensor(q, scale, zp, spec)
     step = _broadcast(scale, x, spec)
     assert ((x_hat - x).abs() <= step * (0.5 + 1e-4) + 1e-6 * x.abs()).all()
     assert torch.equal(fake_quantize(x, scale, zp, spec), x_hat)
@@ -82,14 +82,14 @@ def test_zero_is_exact_and_outliers_clamp(case: tuple[torch.Tensor, QuantSpec]) 
     x, spec = case
     scale, zp = calc_qparams_for(x, spec)
     zeros = torch.zeros_like(x)
-    assert torch.equal(dequantize(quantize(zeros, scale, zp, spec), scale, zp, spec), zeros)
+    assert torch.equal(dequantize_tensor(quantize_tensor(zeros, scale, zp, spec), scale, zp, spec), zeros)
     step = _broadcast(scale, x, spec)
     top = x.amax() if x.amax() > 0 else torch.tensor(0.0)
     bottom = x.amin() if x.amin() < 0 else torch.tensor(0.0)
     above = top.abs() * 2 + step * (spec.qmax - spec.qmin + 2)
     below = -(bottom.abs() * 2 + step * (spec.qmax - spec.qmin + 2))
-    assert (quantize(above, scale, zp, spec).int() == spec.qmax).all()
-    assert (quantize(below, scale, zp, spec).int() == spec.qmin).all()
+    assert (quantize_tensor(above, scale, zp, spec).int() == spec.qmax).all()
+    assert (quantize_tensor(below, scale, zp, spec).int() == spec.qmin).all()
 
 
 @pytest.mark.parametrize(("bits", "signed", "symmetric", "qmin", "qmax"), [
@@ -161,7 +161,7 @@ def test_spec_validation(kwargs: dict[str, object], pattern: str) -> None:
 def test_wrong_qparam_count_and_axis_are_config_errors() -> None:
     spec = QuantSpec(granularity="per_channel", axis=1)
     with pytest.raises(ConfigError, match="need 5 values"):
-        quantize(torch.randn(2, 5), torch.ones(3), torch.zeros(3, dtype=torch.int32), spec)
+        quantize_tensor(torch.randn(2, 5), torch.ones(3), torch.zeros(3, dtype=torch.int32), spec)
     with pytest.raises(ConfigError, match="axis=3"):
         calc_qparams_for(torch.randn(2, 5), QuantSpec(granularity="per_channel", axis=3))
 

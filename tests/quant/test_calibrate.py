@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from torchslim.data import calibration_subset
 from torchslim.errors import ConfigError
-from torchslim.quant import QuantConfig, calibrate_, prepare, quantize_model
+from torchslim.quant import QuantConfig, calibrate_, prepare, quantize
 from torchslim.quant.config import DEFAULT_WEIGHT
 from torchslim.quant.prepare import fake_quantizers
 from torchslim.train import accuracy
@@ -48,7 +48,7 @@ def test_calibration_observes_n_batches_then_freezes() -> None:
 def test_quantize_returns_a_new_model_and_defaults_example_inputs() -> None:
     model = TwoLinear()
     before = model.fc1.weight.clone()
-    q = quantize_model(model, calibration=_batches(2), num_batches=2)
+    q = quantize(model, calibration=_batches(2), num_batches=2)
     assert q is not model and torch.equal(model.fc1.weight, before)
     assert q.torchslim_quant["quantized"] == ["fc1", "fc2"]
 
@@ -67,7 +67,7 @@ def test_bias_correction_removes_the_mean_output_error() -> None:
     model = TwoLinear()
     errors = {}
     for bc in (False, True):
-        q = quantize_model(model, QuantConfig(weight=w3, bias_correction=bc),
+        q = quantize(model, QuantConfig(weight=w3, bias_correction=bc),
                            calibration=data, num_batches=8)
         x = torch.cat([b[0] for b in data])  # (256, 16)
         errors[bc] = (q.fc1(q.x_act_fq(x)) - model.fc1(x)).mean(0).abs().mean()
@@ -86,7 +86,7 @@ def digits(digits_model) -> dict[str, Any]:
 
 
 def _ptq_top1(digits: dict[str, Any], config: QuantConfig) -> float:
-    q = quantize_model(digits["model"], config, calibration=digits["calib"], num_batches=4)
+    q = quantize(digits["model"], config, calibration=digits["calib"], num_batches=4)
     return accuracy(q, digits["val"])
 
 
@@ -105,7 +105,7 @@ def test_other_observers_calibrate_well(digits: dict[str, Any], observer: str) -
 
 @pytest.mark.slow
 def test_entropy_observer_runs(digits: dict[str, Any]) -> None:
-    q = quantize_model(digits["model"], QuantConfig(activation_observer="entropy"),
+    q = quantize(digits["model"], QuantConfig(activation_observer="entropy"),
                        calibration=digits["calib"], num_batches=4)
     scales = [fq.scale for _, fq in fake_quantizers(q)]
     assert all(bool(torch.isfinite(s).all() and (s > 0).all()) for s in scales)

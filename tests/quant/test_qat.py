@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from torchslim.data import calibration_subset, load_data
 from torchslim.quant import (FakeQuantize, LearnableFakeQuantize, QuantConfig, qat,
-                             quantize_model)
+                             quantize)
 from torchslim.quant.config import DEFAULT_WEIGHT
 from torchslim.quant.prepare import fake_quantizers
 from torchslim.quant.qat import describe, from_lsq_, to_lsq_
@@ -41,7 +41,7 @@ def test_observers_frozen_from_the_chosen_epoch_and_after_training() -> None:
     data = _toy_data()
     q = qat(Mlp(), data, config=QuantConfig(weight=W4), train_config=QUICK,
             freeze_observers_epoch=0, num_calib_batches=2)
-    calibrated = quantize_model(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=2)
+    calibrated = quantize(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=2)
     # Frozen from epoch 0: the input grid is the calibrated one, untouched by training.
     assert torch.equal(q.x_act_fq.scale, calibrated.x_act_fq.scale)
     assert describe(q)["observers_on"] == 0 and not q.training
@@ -51,14 +51,14 @@ def test_unfrozen_observers_keep_adapting_until_the_end() -> None:
     data = _toy_data()
     q = qat(Mlp(), data, config=QuantConfig(weight=W4), train_config=QUICK,
             freeze_observers_epoch=None, num_calib_batches=1)
-    calibrated = quantize_model(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=1)
+    calibrated = quantize(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=1)
     assert not torch.equal(q.x_act_fq.scale, calibrated.x_act_fq.scale)
     assert describe(q)["observers_on"] == 0
 
 
 def test_lsq_scales_get_gradients_and_harden_back() -> None:
     data = _toy_data()
-    q = quantize_model(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=2)
+    q = quantize(Mlp(), QuantConfig(weight=W4), calibration=data, num_batches=2)
     replaced = to_lsq_(q)
     # fc1's weights, fc2's weights and the post-ReLU u8 grid (z = 0); the input (z != 0) stays.
     assert set(replaced) == {"fc1.weight_fake_quant", "fc2.weight_fake_quant", "relu_act_fq"}
@@ -86,7 +86,7 @@ def test_4bit_qat_recovers_accuracy_on_digits(digits_model) -> None:
     model, data = digits_model
     float_top1 = accuracy(model, data.val)
     calib = calibration_subset(data, 256, batch_size=64)
-    ptq = accuracy(quantize_model(model, QuantConfig(weight=W4), calibration=calib,
+    ptq = accuracy(quantize(model, QuantConfig(weight=W4), calibration=calib,
                                   num_batches=4), data.val)
     tuned = qat(model, data.train, config=QuantConfig(weight=W4), calibration=calib,
                 num_calib_batches=4, train_config=TrainConfig(epochs=2, lr=0.01,

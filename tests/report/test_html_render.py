@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from torchslim.evaluate import EvalResult
+from torchslim.evaluation import EvalResult
 from torchslim.report import write_report
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate import EvalResult
+from torchslim.evaluation import EvalResult
 from torchslim.report import load_report, print_table, write_report
 from torchslim.report.table import human_bytes, human_count, summary_table
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchslim.errors import ArtifactError, MissingDependencyError
-from torchslim.export import export_onnx, export_openvino
+from torchslim.exporters import export_onnx, export_openvino
 from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session, load
 from torchslim.zoo import build_model
 

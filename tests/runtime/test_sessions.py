@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from torchslim.errors import ArtifactError
-from torchslim.export import export_onnx
+from torchslim.exporters import export_onnx
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession, load
 from torchslim.zoo import build_model
 

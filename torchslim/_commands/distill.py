@@ -38,8 +38,8 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
     import torch
 
     from torchslim.data import load_data
-    from torchslim.distill import DistillConfig, build_student, distill, scaled_like
-    from torchslim.distill.api import INFO_ATTR
+    from torchslim.distillation import DistillConfig, build_student, distill, scaled_like
+    from torchslim.distillation.api import INFO_ATTR
     from torchslim.report import print_table
     from torchslim.train import TrainConfig, load_checkpoint, save_checkpoint
     from torchslim.zoo import model_spec
@@ -76,7 +76,7 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
 def _report(teacher: Any, student: Any, bundle: Any, info: dict[str, Any], *, out: Path,
             threads: int, batch_sizes: tuple[int, ...], names: tuple[str, str]) -> tuple[list[Any], dict[str, Path]]:
     """Teacher (baseline) and student on the test split, PyTorch runtime, one report."""
-    from torchslim.evaluate import evaluate
+    from torchslim.evaluation import evaluate
     from torchslim.report import write_report
     from torchslim.runtime import TorchSession
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchslim.quant.affine import QuantSpec, calc_qparams_for, quantize
+from torchslim.quant.affine import QuantSpec, calc_qparams_for, quantize_tensor
 
 __all__ = ["WeightOnlyLinear", "W8A8Linear", "QuantEmbedding", "encode_weight", "pack_int4",
            "padded_width", "pad_columns",
@@ -65,7 +65,7 @@ def encode_weight(weight: Tensor, spec: QuantSpec, scale: Tensor | None = None,
     weight = pad_columns(weight.float(), spec.group_size)
     if scale is None or zero_point is None:
         scale, zero_point = calc_qparams_for(weight, spec)
-    q = quantize(weight, scale, zero_point, spec).to(torch.int32)
+    q = quantize_tensor(weight, scale, zero_point, spec).to(torch.int32)
     n = weight.shape[0]
     offset = 2 ** (spec.bits - 1) if spec.signed else 0  # signed grid -> unsigned codes
     codes = (q + offset).to(torch.uint8)

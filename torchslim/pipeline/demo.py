@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from torchslim.data import DataBundle, load_data
-from torchslim.distill import DistillConfig, distill
-from torchslim.evaluate import EvalResult, evaluate
-from torchslim.export import export_onnx, export_qdq
+from torchslim.distillation import DistillConfig, distill
+from torchslim.evaluation import EvalResult, evaluate
+from torchslim.exporters import export_onnx, export_qdq
 from torchslim.pipeline.prune import PruneJob, prune_model
 from torchslim.pipeline.quantize import (CALIB_BATCH, QuantizeJob, fake_quant_agreement,
                                          quantize_model)

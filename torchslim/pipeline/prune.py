@@ -18,9 +18,9 @@ from torch import nn
 
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
-from torchslim.evaluate import evaluate
-from torchslim.export import export_onnx
-from torchslim.evaluate.model_stats import count_macs, count_params
+from torchslim.evaluation import evaluate
+from torchslim.exporters import export_onnx
+from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune import (ChannelPruneConfig, SparsityConfig, group_sensitivity,
                              layer_sparsity, prune_channels_, prune_gradually_,
                              sensitivity_ratios, sparsify_)

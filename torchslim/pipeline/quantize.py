@@ -19,8 +19,8 @@ from torch import nn
 from torchslim._registry import Registry
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
-from torchslim.evaluate import evaluate
-from torchslim.export import (export_dynamic, export_onnx, export_openvino, export_qdq,
+from torchslim.evaluation import evaluate
+from torchslim.exporters import (export_dynamic, export_onnx, export_openvino, export_qdq,
                               export_weight_only)
 from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
 from torchslim.quant.api import qat, quantize

@@ -31,8 +31,8 @@ from torch import nn
 
 from torchslim import _io
 from torchslim.errors import ConfigError
-from torchslim.evaluate import EvalResult, evaluate
-from torchslim.export import export_onnx
+from torchslim.evaluation import EvalResult, evaluate
+from torchslim.exporters import export_onnx
 from torchslim.pipeline import setup
 from torchslim.pipeline.quantize import RUNTIMES
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name

@@ -23,7 +23,7 @@ from torch import nn
 from torchslim._registry import Registry
 from torchslim.data import DataBundle
 from torchslim.errors import ConfigError
-from torchslim.export import export_onnx
+from torchslim.exporters import export_onnx
 from torchslim.pipeline.quantize import METHODS, QuantizeJob, quantize_model, sensitivity_report
 from torchslim.pipeline.recipe import (STAGE_SCHEMAS, DistillOptions, ExportOptions,
                                        FinetuneOptions, PruneOptions, QuantizeOptions,
@@ -89,7 +89,7 @@ def _train_config(ctx: StageContext, *, epochs: int, lr: float, schedule: str = 
 
 @STAGES.register("distill")
 def _distill(state: State, opts: DistillOptions, ctx: StageContext, out: Path) -> State:
-    from torchslim.distill import DistillConfig, build_student, distill, scaled_like
+    from torchslim.distillation import DistillConfig, build_student, distill, scaled_like
 
     info = ctx.data.info
     if opts.student is not None:

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from torchslim import _io
-from torchslim.evaluate import EvalResult, evaluate
-from torchslim.evaluate.latency import tile_batch
+from torchslim.evaluation import EvalResult, evaluate
+from torchslim.evaluation.latency import tile_batch
 from torchslim.pipeline import setup
 from torchslim.pipeline.quantize import RUNTIMES
 from torchslim.pipeline.stages import State

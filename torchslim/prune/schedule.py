@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate.model_stats import count_macs, count_params
+from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune.sparsity import SparsityConfig, apply_masks_, sparsify_
 from torchslim.prune.structured import ChannelPruneConfig, PruneResult, prune_channels_
 from torchslim.train import Callback, TrainConfig, TrainState, fit

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate.model_stats import count_macs, count_params
+from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune.depth import BLOCK_IMPORTANCE, remove_blocks_
 from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member, forward_once
 from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs_gradients,

@@ -152,7 +152,7 @@ def broadcast_qparams(x: Tensor, scale: Tensor, zero_point: Tensor,
     return view, scale.reshape(shape), zero_point.reshape(shape)
 
 
-def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
+def quantize_tensor(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
     """Integers in ``[qmin, qmax]`` with ``x``'s shape, stored as ``spec.storage_dtype``
     (int8 when signed, uint8 when not). Widen to int32 before doing arithmetic on them."""
     view, s, z = broadcast_qparams(x, scale, zero_point, spec)
@@ -160,14 +160,14 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> T
     return q.reshape(x.shape).to(spec.storage_dtype)
 
 
-def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
+def dequantize_tensor(q: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
     """Float32 ``(q - z) * s`` with ``q``'s shape."""
     view, s, z = broadcast_qparams(q.to(torch.int32), scale, zero_point, spec)
     return ((view - z.to(torch.int32)) * s.float()).reshape(q.shape)
 
 
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
-    """``dequantize(quantize(x))`` in ``x``'s float dtype (no gradient; see FakeQuantize).
+    """``dequantize_tensor(quantize_tensor(x))`` in ``x``'s float dtype (no gradient; see FakeQuantize).
 
     Computed in float32 without the integer round trip (same values, fewer passes)."""
     view, s, z = broadcast_qparams(x.float(), scale, zero_point, spec)

@@ -7,7 +7,7 @@ the current input on every call (no calibration data needed).
 
 By default the activation grid is **per tensor**: that is what ONNX Runtime's
 ``DynamicQuantizeLinear`` computes, so the torch simulation matches the exported graph
-(:func:`torchslim.export.export_dynamic`). ``per_token=True`` gives one grid per row of
+(:func:`torchslim.exporters.export_dynamic`). ``per_token=True`` gives one grid per row of
 the last dim (per token of a ``(batch, seq, d)`` input); it is more accurate but exists
 in torch only; ONNX Runtime has no per-token dynamic quantization op.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from torchslim import _io
-from torchslim.evaluate.result import EvalResult
+from torchslim.evaluation.result import EvalResult
 from torchslim.report.html import render_html
 from torchslim.report.json_report import build_report, load_report
 from torchslim.report.table import print_table

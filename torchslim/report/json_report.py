@@ -14,7 +14,7 @@ from typing import Any
 
 from torchslim.config import VERSION
 from torchslim.errors import ConfigError
-from torchslim.evaluate.result import EvalResult
+from torchslim.evaluation.result import EvalResult
 
 __all__ = ["build_report", "load_report", "CONTRACT_KEYS"]
 

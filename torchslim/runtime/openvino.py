@@ -49,7 +49,7 @@ class OpenVinoSession:
         self.artifact = Path(path)
         if not self.artifact.is_file():
             raise ArtifactError(f"OpenVINO model not found: {self.artifact}; export one with "
-                                "torchslim.export.export_openvino or check the path")
+                                "torchslim.exporters.export_openvino or check the path")
         self.threads = threads or min(os.cpu_count() or 1, 4)
         core = ov.Core()
         try:

@@ -36,10 +36,10 @@ import torch
 from torch import Tensor, nn
 
 from torchslim import _io
-from torchslim.export._onnx_graph import rewrite_weights_
-from torchslim.export.onnx import export_onnx
+from torchslim.exporters._onnx_graph import rewrite_weights_
+from torchslim.exporters.onnx import export_onnx
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.quant.affine import QuantSpec, dequantize, quantize
+from torchslim.quant.affine import QuantSpec, dequantize_tensor, quantize_tensor
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ def _bake_weights_(model: nn.Module) -> list[BakedWeight]:
         scale, zero_point, spec = _weight_qparams(name, fq, weight.detach())
         if spec is None:
             continue  # quantizer switched off: the layer stays float
-        q = quantize(weight.detach().float(), scale, zero_point, spec)  # int8 / uint8
-        module.weight = nn.Parameter(dequantize(q, scale, zero_point, spec), requires_grad=False)
+        q = quantize_tensor(weight.detach().float(), scale, zero_point, spec)  # int8 / uint8
+        module.weight = nn.Parameter(dequantize_tensor(q, scale, zero_point, spec), requires_grad=False)
         module.weight_fake_quant = nn.Identity()
         if spec.granularity == "per_group":
             logger.warning("%s: per-group weights are exported as float (fake-quantized "

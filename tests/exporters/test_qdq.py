@@ -15,8 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from torchslim.errors import ConfigError
-from torchslim.export import export_onnx, export_qdq
-from torchslim.export.qdq import ort_fused_ops
+from torchslim.exporters import export_onnx, export_qdq
+from torchslim.exporters.qdq import ort_fused_ops
 from torchslim.quant import FakeQuantize, LearnableFakeQuantize, QuantSpec
 from torchslim.quant.modules import QuantConv2d, QuantLinear
 
@@ -223,10 +223,10 @@ def test_library_prepared_zoo_model_runs_integer_kernels(name: str, digits: torc
     """The preparation contract end to end: torchslim.quant's own placement exports to a
     graph whose every convolution ONNX Runtime runs as QLinearConv."""
     from torchslim import build_model
-    from torchslim.quant import QuantConfig, quantize_model
+    from torchslim.quant import QuantConfig, quantize
 
     model = build_model(name, num_classes=10, in_channels=1).eval()
-    prepared = quantize_model(model, QuantConfig(), calibration=list(digits[:256].split(64)))
+    prepared = quantize(model, QuantConfig(), calibration=list(digits[:256].split(64)))
     path = export_qdq(prepared, tmp_path / "m.onnx", input_shape=(1, 8, 8))
     ops = ort_fused_ops(path)
     assert ops["QLinearConv"] >= 5 and ops["Conv"] + ops["FusedConv"] == 0

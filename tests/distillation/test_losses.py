@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchslim.distill import (attention_loss, attention_map, hint_loss, kd_loss, soft_kd_loss,
+from torchslim.distillation import (attention_loss, attention_map, hint_loss, kd_loss, soft_kd_loss,
                                soft_targets)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from torchslim.distill import DistillConfig
+from torchslim.distillation import DistillConfig
 from torchslim.errors import ConfigError, UnknownNameError
 
 

@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.data import DataBundle
-from torchslim.distill import DistillConfig, distill, distill_chain, teacher_weights
-from torchslim.distill.api import INFO_ATTR
-from torchslim.distill.distiller import Distiller
+from torchslim.distillation import DistillConfig, distill, distill_chain, teacher_weights
+from torchslim.distillation.api import INFO_ATTR
+from torchslim.distillation.distiller import Distiller
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.train import TrainConfig, accuracy, fit, read_checkpoint, save_checkpoint
 from torchslim.zoo import build_model

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchslim.evaluate.model_stats import (count_macs, count_nonzero, count_params,
+from torchslim.evaluation.model_stats import (count_macs, count_nonzero, count_params,
                                             state_dict_bytes)
 
 

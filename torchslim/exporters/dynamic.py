@@ -40,12 +40,12 @@ import torch
 from torch import nn
 
 from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
-from torchslim.export._onnx_graph import (GraphIndex, _digest, attribute,
+from torchslim.exporters._onnx_graph import (GraphIndex, _digest, attribute,
                                           constants_to_initializers_, remove_dead,
                                           rewrite_weights_)
-from torchslim.export.qdq import (OPSET, BakedWeight, _bake_weights_, _copy_model,
+from torchslim.exporters.qdq import (OPSET, BakedWeight, _bake_weights_, _copy_model,
                                   _export_proto, _weight_qparams, _write_checked)
-from torchslim.quant.affine import dequantize, quantize
+from torchslim.quant.affine import dequantize_tensor, quantize_tensor
 from torchslim.quant.dynamic import DynamicActivationQuant, DynamicQuantLSTM
 from torchslim.quant.fake_quant import FakeQuantize
 
@@ -153,8 +153,8 @@ def _bake_lstms_(model: nn.Module) -> list[BakedLSTMLayer]:
                             or torch.any(zp != 0):
                         raise UnsupportedModelError(f"{name}.{pname}: DynamicQuantizeLSTM needs "
                                                     "s8 per-row symmetric weights")
-                    q = quantize(weight, scale, zp, spec)  # (4H, in) int8
-                    getattr(plain, pname).data.copy_(dequantize(q, scale, zp, spec))
+                    q = quantize_tensor(weight, scale, zp, spec)  # (4H, in) int8
+                    getattr(plain, pname).data.copy_(dequantize_tensor(q, scale, zp, spec))
                     parts[kind].append((_to_iofc(q.numpy(), hidden),
                                         _to_iofc(scale.float().reshape(-1).numpy(), hidden)))
             records.append(BakedLSTMLayer(
@@ -371,9 +371,9 @@ def _bake_grouped_(model: nn.Module) -> list[GroupedWeight]:
         scale, zp, spec = _weight_qparams(name, fq, weight)
         if spec is None:
             continue
-        q = quantize(weight, scale, zp, spec)  # (out, in) int8 / uint8
+        q = quantize_tensor(weight, scale, zp, spec)  # (out, in) int8 / uint8
         plain = nn.Linear(module.in_features, module.out_features, module.bias is not None)
-        plain.weight = nn.Parameter(dequantize(q, scale, zp, spec), requires_grad=False)
+        plain.weight = nn.Parameter(dequantize_tensor(q, scale, zp, spec), requires_grad=False)
         plain.bias = module.bias
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, plain)

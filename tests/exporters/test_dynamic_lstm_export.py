@@ -12,7 +12,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from torchslim.export import export_dynamic, export_onnx
+from torchslim.exporters import export_dynamic, export_onnx
 from torchslim.quant import quantize_dynamic
 
 ort = pytest.importorskip("onnxruntime")

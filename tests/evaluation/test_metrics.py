@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate.metrics import (agreement, confusion_matrix, mean_cosine,
+from torchslim.evaluation.metrics import (agreement, confusion_matrix, mean_cosine,
                                         per_class_accuracy, topk_accuracy)
 
 # 4 samples, 3 classes. argmax: [0, 2, 1, 1]; labels: [0, 1, 1, 2].

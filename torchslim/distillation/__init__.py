@@ -6,14 +6,14 @@ automatic adapters, attention transfer, and several teachers; ``distill_chain`` 
 teacher -> assistant -> student chain. ``build_student`` / ``scaled_like`` make students.
 """
 
-from torchslim.distill.api import distill, distill_chain
-from torchslim.distill.config import ALPHA_SCHEDULES, DistillConfig
-from torchslim.distill.distiller import Distiller, StudentWithAdapters
-from torchslim.distill.features import FeatureTaps, find_module, make_adapter
-from torchslim.distill.losses import (attention_loss, attention_map, hint_loss, kd_loss,
+from torchslim.distillation.api import distill, distill_chain
+from torchslim.distillation.config import ALPHA_SCHEDULES, DistillConfig
+from torchslim.distillation.distiller import Distiller, StudentWithAdapters
+from torchslim.distillation.features import FeatureTaps, find_module, make_adapter
+from torchslim.distillation.losses import (attention_loss, attention_map, hint_loss, kd_loss,
                                       soft_kd_loss, soft_targets)
-from torchslim.distill.students import build_student, scaled_like
-from torchslim.distill.teachers import teacher_weights
+from torchslim.distillation.students import build_student, scaled_like
+from torchslim.distillation.teachers import teacher_weights
 
 __all__ = [
     "ALPHA_SCHEDULES",

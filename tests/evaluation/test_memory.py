@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from torch import nn
 
-from torchslim.evaluate import measure_peak_memory
-from torchslim.export.onnx import export_onnx
+from torchslim.evaluation import measure_peak_memory
+from torchslim.exporters.onnx import export_onnx
 from torchslim.runtime import OnnxRuntimeSession
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from torchslim.distill import build_student, scaled_like
+from torchslim.distillation import build_student, scaled_like
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.train import load_checkpoint, save_checkpoint
 from torchslim.zoo import build_model, model_spec

@@ -9,9 +9,9 @@ from pathlib import Path
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.export.onnx import export_onnx
-from torchslim.export.openvino import export_openvino
-from torchslim.export.qdq import export_qdq
+from torchslim.exporters.onnx import export_onnx
+from torchslim.exporters.openvino import export_openvino
+from torchslim.exporters.qdq import export_qdq
 
 FORMATS = ("onnx", "openvino")
 

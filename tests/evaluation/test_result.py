@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate import EvalResult
+from torchslim.evaluation import EvalResult
 
 CONTRACT_KEYS = {"name", "runtime", "precision", "top1", "top5", "per_class", "agreement",
                  "latency_ms", "items_per_s", "bytes", "params", "nonzero_params", "macs",

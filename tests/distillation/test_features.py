@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchslim.distill import FeatureTaps, find_module, make_adapter
+from torchslim.distillation import FeatureTaps, find_module, make_adapter
 from torchslim.errors import ConfigError, UnknownNameError
 
 

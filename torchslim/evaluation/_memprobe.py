@@ -1,4 +1,4 @@
-"""Child process that measures one model's peak memory: ``python -m torchslim.evaluate._memprobe``.
+"""Child process that measures one model's peak memory: ``python -m torchslim.evaluation._memprobe``.
 
 A fresh process is the only place where resident memory belongs to one model alone. The
 probe imports the runtime, resets the kernel's high-water mark and reads the resident set
@@ -52,7 +52,7 @@ def _load(kind: str, path: str, threads: int):
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="torchslim.evaluate._memprobe")
+    parser = argparse.ArgumentParser(prog="torchslim.evaluation._memprobe")
     parser.add_argument("kind", choices=["onnx", "torch"])
     parser.add_argument("path")
     parser.add_argument("batch", type=int)

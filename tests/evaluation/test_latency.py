@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate import latency
-from torchslim.evaluate.latency import measure_latency, tile_batch
+from torchslim.evaluation import latency
+from torchslim.evaluation.latency import measure_latency, tile_batch
 
 
 class Recorder:

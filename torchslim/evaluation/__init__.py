@@ -21,13 +21,13 @@ from torch import nn
 from torchslim import config
 from torchslim._progress import track
 from torchslim.errors import ConfigError
-from torchslim.evaluate.latency import measure_latency, tile_batch
-from torchslim.evaluate.memory import measure_peak_memory
-from torchslim.evaluate.metrics import (agreement, confusion_matrix, mean_cosine,
+from torchslim.evaluation.latency import measure_latency, tile_batch
+from torchslim.evaluation.memory import measure_peak_memory
+from torchslim.evaluation.metrics import (agreement, confusion_matrix, mean_cosine,
                                         per_class_accuracy, topk_accuracy)
-from torchslim.evaluate.model_stats import (count_macs, count_nonzero, count_params,
+from torchslim.evaluation.model_stats import (count_macs, count_nonzero, count_params,
                                             onnx_param_counts, state_dict_bytes)
-from torchslim.evaluate.result import EvalResult
+from torchslim.evaluation.result import EvalResult
 from torchslim.runtime.base import Session
 
 __all__ = ["EvalResult", "evaluate", "measure_latency", "measure_peak_memory",

@@ -11,9 +11,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from torchslim.data import DataBundle
-from torchslim.distill.config import DistillConfig
-from torchslim.distill.distiller import Distiller
-from torchslim.distill.teachers import frozen, teacher_weights
+from torchslim.distillation.config import DistillConfig
+from torchslim.distillation.distiller import Distiller
+from torchslim.distillation.teachers import frozen, teacher_weights
 from torchslim.errors import ConfigError
 from torchslim.train import fit
 

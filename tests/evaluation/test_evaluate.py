@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.errors import ConfigError
-from torchslim.evaluate import count_params, evaluate, latency
-from torchslim.export.onnx import export_onnx
+from torchslim.evaluation import count_params, evaluate, latency
+from torchslim.exporters.onnx import export_onnx
 from torchslim.runtime import OnnxRuntimeSession, TorchSession
 
 INPUT_SHAPE = (1, 8, 8)

@@ -54,7 +54,7 @@ def _run_child(args: list[str]) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
                                                     env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "torchslim.evaluate._memprobe", *args],
+    proc = subprocess.run([sys.executable, "-m", "torchslim.evaluation._memprobe", *args],
                           capture_output=True, text=True, timeout=_TIMEOUT_S, env=env,
                           check=False)
     if proc.returncode != 0:

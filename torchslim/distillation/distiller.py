@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchslim.distill.config import DistillConfig
-from torchslim.distill.features import FeatureTaps, make_adapter
-from torchslim.distill.losses import attention_loss, hint_loss, soft_kd_loss, soft_targets
-from torchslim.distill.teachers import CachedTeacherLoader
+from torchslim.distillation.config import DistillConfig
+from torchslim.distillation.features import FeatureTaps, make_adapter
+from torchslim.distillation.losses import attention_loss, hint_loss, soft_kd_loss, soft_targets
+from torchslim.distillation.teachers import CachedTeacherLoader
 from torchslim.train import Callback, TrainState
 
 __all__ = ["Distiller", "StudentWithAdapters"]

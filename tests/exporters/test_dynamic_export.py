@@ -13,8 +13,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.export import export_dynamic, export_onnx, export_weight_only
-from torchslim.export.qdq import ort_fused_ops
+from torchslim.exporters import export_dynamic, export_onnx, export_weight_only
+from torchslim.exporters.qdq import ort_fused_ops
 from torchslim.quant import quantize_dynamic, quantize_weight_only
 
 ort = pytest.importorskip("onnxruntime")
