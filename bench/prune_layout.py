@@ -36,7 +36,7 @@ from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 from torchslim.prune import ChannelPruneConfig, prune_channels_
 from torchslim.quant.api import quantize
 from torchslim.quant.config import QuantConfig
-from torchslim.runtime import load as load_session
+from torchslim.runtime import open as open_session
 
 SHAPE = (1, 28, 28)
 # the default teacher's (ResNet-14 w16) channel groups and their sizes
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         export_qdq(quantize(model, QuantConfig(), calibration=calib), path,
                                    input_shape=SHAPE)
                     c = Candidate("fashion-teacher", f"{name}-{precision}", "onnxruntime",
-                                  session=load_session(path, threads=args.threads),
+                                  session=open_session(path, threads=args.threads),
                                   bytes=file_bytes(path))
                     row_extra = {**extra, "precision": precision}
                     if args.profile:

@@ -36,7 +36,7 @@ from torchslim.exporters import export_onnx
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.prune import (ChannelPruneConfig, RemovedBlock, group_sensitivity,
                              prune_channels_, sensitivity_ratios)
-from torchslim.runtime import load as load_session
+from torchslim.runtime import open as open_session
 from torchslim.train import TrainConfig, fit
 
 MODEL = "fashion-teacher"
@@ -134,7 +134,7 @@ def build_row(name: str, reduction: int, prune: Any, teacher: nn.Module, data: D
     try:
         if path.is_file() and record.is_file():
             done = json.loads(record.read_text())
-            c.session = load_session(path, threads=args.threads)
+            c.session = open_session(path, threads=args.threads)
             c.bytes, c.seconds, c.top1 = done.pop("bytes"), done.pop("seconds"), done.pop("top1")
             return c, done
         extra: dict[str, Any] = {"mac_reduction": reduction}
@@ -147,7 +147,7 @@ def build_row(name: str, reduction: int, prune: Any, teacher: nn.Module, data: D
                 finalize_unstructured(model)
             model.eval()
             export_onnx(model, path, input_shape=SHAPE)
-            c.session = load_session(path, threads=args.threads)
+            c.session = open_session(path, threads=args.threads)
             c.bytes, c.seconds = file_bytes(path), round(time.perf_counter() - t0, 1)
             c.top1 = float((predict(c.session, images).argmax(1) == labels).mean())
             extra.update(macs=count_macs(model, SHAPE), params=count_params(model),
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         base = Candidate(MODEL, "fp32", "onnxruntime")
         path = export_onnx(teacher.eval(), workdir / "fp32.onnx", input_shape=SHAPE)
-        base.session, base.bytes = load_session(path, threads=args.threads), file_bytes(path)
+        base.session, base.bytes = open_session(path, threads=args.threads), file_bytes(path)
         base.top1 = float((predict(base.session, images).argmax(1) == labels).mean())
         candidates.append((base, {"mac_reduction": 1, "macs": count_macs(teacher, SHAPE),
                                   "params": count_params(teacher),

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from _common import Candidate, time_interleaved
 
-from torchslim.runtime import load as load_session
+from torchslim.runtime import open as open_session
 
 SHAPE = (1, 28, 28)   # the Fashion-MNIST artifacts of bench/prune_peers.py
 
@@ -30,7 +30,7 @@ SHAPE = (1, 28, 28)   # the Fashion-MNIST artifacts of bench/prune_peers.py
 def time_once(paths: list[str], rounds: int, batch: int, threads: int) -> dict[str, float]:
     """One process: the median batch latency (seconds) of each artifact, timed in one
     interleaved loop (``_common.time_interleaved``)."""
-    candidates = [Candidate("artifact", p, "onnxruntime", session=load_session(p, threads=threads))
+    candidates = [Candidate("artifact", p, "onnxruntime", session=open_session(p, threads=threads))
                   for p in paths]
     samples = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
     time_interleaved(candidates, samples, batch_sizes=(batch,), repeats=rounds, calls=20)

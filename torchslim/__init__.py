@@ -19,7 +19,7 @@ from torchslim.exporters import export, export_onnx, export_qdq
 from torchslim.pipeline import DemoOptions, Recipe, load_recipe, run_demo, run_recipe
 from torchslim.report import write_report
 from torchslim.runtime import OnnxRuntimeSession, Session, TorchSession
-from torchslim.runtime import load as load_session
+from torchslim.runtime import open as load_session
 from torchslim.prune import ChannelPruneConfig, PruneResult, SparsityConfig, prune_
 from torchslim.train import Callback, TrainConfig, fit, load, load_checkpoint, save_checkpoint
 from torchslim.quant import QuantSpec

@@ -216,21 +216,21 @@ def report(reports: Annotated[list[Path], typer.Argument(help="report.json files
 
 
 def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
-    """(session, torch model or None) for a checkpoint or an ONNX file."""
-    from torchslim.runtime import TorchSession, load
-    from torchslim.train import load_checkpoint, load_weights_, read_checkpoint
+    """(session, torch model or None) for a checkpoint or an artifact file."""
+    from torchslim.runtime import TorchSession
+    from torchslim.runtime import open as open_session
+    from torchslim.train import load_weights_, read_checkpoint
     from torchslim.zoo import build_model
 
-    if path.suffix == ".onnx":
-        return load(path, threads=threads), None
     if model_name is None:
-        net, _ = load_checkpoint(path)
-    else:
-        _, meta = read_checkpoint(path)
-        kwargs = {k: v for k, v in (meta.get("architecture") or {}).get("kwargs", {}).items()
-                  if k in ("num_classes", "in_channels")}
-        net = build_model(model_name, **kwargs)
-        load_weights_(net, path)
+        session = open_session(path, threads=threads)
+        return session, getattr(session, "model", None)
+    # a checkpoint loaded as another zoo architecture than the one it records
+    _, meta = read_checkpoint(path)
+    kwargs = {k: v for k, v in (meta.get("architecture") or {}).get("kwargs", {}).items()
+              if k in ("num_classes", "in_channels")}
+    net = build_model(model_name, **kwargs)
+    load_weights_(net, path)
     return TorchSession(net, threads=threads), net
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "ArchitectureMismatchError",
     "ArtifactError",
+    "InvalidInputError",
     "UnsupportedModelError",
     "MissingDependencyError",
 ]
@@ -50,6 +51,10 @@ class ArchitectureMismatchError(CheckpointError):
 
 class ArtifactError(TorchslimError):
     """An exported artifact (ONNX, OpenVINO IR) cannot be read or run."""
+
+
+class InvalidInputError(TorchslimError, ValueError):
+    """Inputs that do not match an artifact's signature (names, dtype kind, shape)."""
 
 
 class UnsupportedModelError(TorchslimError):

@@ -27,3 +27,22 @@ def test_peak_memory_of_onnx_session(tmp_path):
 def test_unknown_session_gives_none_and_warns(caplog):
     assert measure_peak_memory(NoProbeSession(), np.zeros((1, 2), np.float32)) is None
     assert "peak memory not measured" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_module_planted_in_the_working_directory_is_never_imported(tmp_path, monkeypatch):
+    """A file named like a runtime in the directory where torchslim runs must not be
+    executed by the memory probe's child process (it was: ``-m`` puts cwd on sys.path)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    work = tmp_path / "work"
+    work.mkdir()
+    marker = tmp_path / "planted-code-ran"
+    for name in ("onnxruntime", "numpy", "torchslim"):
+        (work / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('{name}')\n"
+                                         "raise SystemExit(7)\n")
+    monkeypatch.chdir(work)
+    peak = measure_peak_memory(OnnxRuntimeSession(path, threads=1),
+                               np.zeros((4, 1, 8, 8), np.float32))
+    assert not marker.exists(), marker.read_text()
+    assert isinstance(peak, int) and peak > 0

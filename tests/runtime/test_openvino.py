@@ -10,7 +10,8 @@ import torch
 
 from torchslim.errors import ArtifactError, MissingDependencyError
 from torchslim.exporters import export_onnx, export_openvino
-from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session, load
+from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session
+from torchslim.runtime import open as open_session
 from torchslim.zoo import build_model
 
 pytest.importorskip("openvino")
@@ -58,7 +59,7 @@ def test_outputs_are_not_overwritten_by_the_next_call(artifacts) -> None:
 
 
 def test_load_dispatches_xml_to_openvino(artifacts) -> None:
-    session = load(artifacts[1], threads=1)
+    session = open_session(artifacts[1], threads=1)
     assert isinstance(session, OpenVinoSession) and session.threads == 1
 
 
@@ -96,7 +97,7 @@ def test_unreadable_model_is_a_one_line_artifact_error(tmp_path: Path, content: 
 
 def test_missing_files_are_artifact_errors(tmp_path: Path, artifacts) -> None:
     with pytest.raises(ArtifactError, match="not found"):
-        load(tmp_path / "absent.xml")
+        open_session(tmp_path / "absent.xml")
     with pytest.raises(ArtifactError, match="not found"):
         export_openvino(tmp_path / "absent.onnx", tmp_path / "m.xml")
     with pytest.raises(ArtifactError, match=r"\.xml"):

@@ -97,3 +97,16 @@ def test_diverging_loss_names_the_fix(digits) -> None:
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         fit(_small(digits), digits.train, loss_fn=nan_loss,
             config=TrainConfig(epochs=1, max_steps_per_epoch=2))
+
+
+def test_a_strided_1x1_conv_on_few_channels_trains_in_nchw_and_says_so(caplog) -> None:
+    """torch 2.14's oneDNN corrupts the heap in this conv's NHWC weight gradient (seen on an
+    AVX2 AMD EPYC); fit must not take the process down, and must say why it chose NCHW."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 3))
+    data = [(torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))) for _ in range(20)]
+    history = fit(model, data, config=TrainConfig(epochs=2, lr=0.05))
+    assert len(history) == 2 and "not channels_last" in caplog.text
+    assert model[2].weight.is_contiguous()   # left in NCHW

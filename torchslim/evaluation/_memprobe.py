@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -38,22 +37,25 @@ def reset_high_water_mark() -> bool:
 
 
 def _load(kind: str, path: str, threads: int):
-    if kind == "onnx":
-        from torchslim.runtime.onnxruntime import OnnxRuntimeSession
+    if kind == "torch":
+        import pickle
 
-        # precision is given so the loader does not parse the graph a second time.
-        return OnnxRuntimeSession(path, threads=threads, precision="probe")
-    from torchslim.runtime.torch_session import TorchSession
+        from torchslim.runtime import TorchSession
 
-    # Our own file, written a moment ago by memory.py from an in-memory model.
-    with open(path, "rb") as f:
-        model = pickle.load(f)  # noqa: S301
-    return TorchSession(model, threads=threads)
+        # Our own file, written a moment ago by memory.py from an in-memory model, in a
+        # directory only this user can read.
+        with open(path, "rb") as f:
+            model = pickle.load(f)  # noqa: S301
+        return TorchSession(model, threads=threads)
+    from torchslim.runtime import open as open_session
+
+    # precision is given so the loader does not parse the graph a second time.
+    return open_session(path, kind, threads=threads, precision="probe")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchslim.evaluation._memprobe")
-    parser.add_argument("kind", choices=["onnx", "torch"])
+    parser.add_argument("kind", choices=["onnxruntime", "openvino", "torch"])
     parser.add_argument("path")
     parser.add_argument("batch", type=int)
     parser.add_argument("shape", help="input shape without batch axis, e.g. 1,28,28")
@@ -65,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     import numpy as np
 
-    if args.kind == "onnx":
-        import onnxruntime  # noqa: F401  (the runtime is part of the baseline)
-    else:
-        import torch  # noqa: F401
+    import importlib
+
+    importlib.import_module(args.kind)  # the runtime's code is part of the baseline
+    import torchslim.runtime  # noqa: F401
     shape = tuple(int(s) for s in args.shape.split(",") if s)
     batch = np.zeros((args.batch, *shape), dtype=np.float32)
     reset = reset_high_water_mark()

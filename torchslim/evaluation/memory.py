@@ -30,8 +30,8 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding tor
 def _probe_target(session: Session) -> Iterator[tuple[str, str] | None]:
     """``(kind, path)`` the child can load, or None for a session it cannot rebuild."""
     artifact = getattr(session, "artifact", None)
-    if artifact is not None and Path(artifact).suffix == ".onnx":
-        yield "onnx", str(artifact)
+    if artifact is not None and session.runtime in ("onnxruntime", "openvino"):
+        yield session.runtime, str(artifact)
         return
     model = getattr(session, "model", None)
     if session.runtime != "torch" or model is None:
@@ -50,13 +50,30 @@ def _probe_target(session: Session) -> Iterator[tuple[str, str] | None]:
         yield "torch", str(path)
 
 
-def _run_child(args: list[str]) -> dict:
+def child_command(module: str, *args: str) -> list[str]:
+    """``python -m module args`` that cannot import code from the working directory.
+
+    ``-m`` puts the current directory first on ``sys.path``, so a file named
+    ``onnxruntime.py`` there would run inside the child. ``-P`` (Python 3.11+) leaves it
+    out; the child also starts in an empty directory of its own (see ``run_child``).
+    """
+    flags = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *flags, "-m", module, *args]
+
+
+def run_child(module: str, args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``python -m module`` isolated from the working directory; see child_command."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT),
                                                     env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "torchslim.evaluation._memprobe", *args],
-                          capture_output=True, text=True, timeout=_TIMEOUT_S, env=env,
-                          check=False)
+    env.pop("PYTHONSTARTUP", None)
+    with tempfile.TemporaryDirectory(prefix="torchslim-child-") as cwd:
+        return subprocess.run(child_command(module, *args), capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=cwd, check=False)
+
+
+def _run_child(args: list[str]) -> dict:
+    proc = run_child("torchslim.evaluation._memprobe", args, timeout=_TIMEOUT_S)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"probe exited with {proc.returncode}: {tail}")

@@ -26,7 +26,8 @@ from torchslim.pipeline.recipe import Recipe, load_recipe
 from torchslim.pipeline.runner import run_recipe
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
 from torchslim.report import write_report
-from torchslim.runtime import OnnxRuntimeSession, TorchSession
+from torchslim.runtime import TorchSession
+from torchslim.runtime import open as open_session
 from torchslim.train import TrainConfig, save_checkpoint
 from torchslim.zoo import build_model
 
@@ -63,7 +64,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                               "class_names": list(data.info.class_names)}
     torch_result = evaluate(TorchSession(teacher, threads=opts.threads), data.test,
                             name="teacher-fp32-torch", model=teacher, **common)
-    ort_result = evaluate(OnnxRuntimeSession(onnx_path, threads=opts.threads), data.test,
+    ort_result = evaluate(open_session(onnx_path, threads=opts.threads), data.test,
                           name="teacher-fp32-onnxruntime", reference=torch_result,
                           model=teacher, **common)
     torch_result.agreement, torch_result.cosine = 1.0, 1.0
@@ -123,7 +124,7 @@ def _ptq_candidate(teacher: torch.nn.Module, data: DataBundle, out: Path, opts: 
                       calib_batches=4 if opts.quick else 16)
     prepared = quantize_model(teacher, data, job)
     path = export_qdq(prepared, out / "teacher-int8.onnx", input_shape=data.info.input_shape)
-    session = OnnxRuntimeSession(path, threads=opts.threads)
+    session = open_session(path, threads=opts.threads)
     result = evaluate(session, data.test, name="teacher-int8-onnxruntime", reference=reference,
                       model=teacher, **common)
     result.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, session, data)
@@ -150,7 +151,7 @@ def _pruned_candidate(teacher: torch.nn.Module, meta: dict[str, Any], data: Data
     save_checkpoint(out / "teacher-pruned.safetensors", model, spec=meta.get("architecture"),
                     dataset=meta.get("dataset"), pruning=record)
     path = export_onnx(model, out / "teacher-pruned.onnx", input_shape=data.info.input_shape)
-    result = evaluate(OnnxRuntimeSession(path, threads=opts.threads), data.test,
+    result = evaluate(open_session(path, threads=opts.threads), data.test,
                       name="teacher-pruned-onnxruntime", reference=reference, model=model,
                       **common)
     result.extra["pruning"] = {k: record[k] for k in ("macs_before", "macs_after",
@@ -179,7 +180,7 @@ def _distilled_candidate(teacher: torch.nn.Module, recipe: TeacherRecipe, out: P
     save_checkpoint(out / "student-kd.safetensors", student, dataset=recipe.dataset,
                     distillation={"teacher": "teacher", **KD, "epochs": train.epochs})
     path = export_onnx(student, out / "student-kd.onnx", input_shape=plain.info.input_shape)
-    result = evaluate(OnnxRuntimeSession(path, threads=opts.threads), plain.test,
+    result = evaluate(open_session(path, threads=opts.threads), plain.test,
                       name="student-kd-onnxruntime", reference=reference, model=student,
                       **common)
     result.extra["distillation"] = {"student": f"{name} width {kwargs['width']}", **KD,

@@ -26,7 +26,8 @@ from torchslim.prune import (ChannelPruneConfig, SparsityConfig, group_sensitivi
                              sensitivity_ratios, sparsify_)
 from torchslim.prune.structured import remove_blocks_first_
 from torchslim.report import write_report
-from torchslim.runtime import OnnxRuntimeSession, TorchSession
+from torchslim.runtime import TorchSession
+from torchslim.runtime import open as open_session
 from torchslim.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,9 @@ def run_prune(job: PruneJob) -> dict[str, Any]:
                               "class_names": list(data.info.class_names)}
     base = evaluate(TorchSession(original, threads=job.threads), data.test,
                     name=f"{stem}-fp32-torch", **common)
-    fp32 = evaluate(OnnxRuntimeSession(fp32_path, threads=job.threads), data.test, reference=base,
+    fp32 = evaluate(open_session(fp32_path, threads=job.threads), data.test, reference=base,
                     model=original, name=f"{stem}-fp32-onnxruntime", **common)
-    pruned = evaluate(OnnxRuntimeSession(pruned_path, threads=job.threads), data.test,
+    pruned = evaluate(open_session(pruned_path, threads=job.threads), data.test,
                       reference=base, model=model, name=f"{stem}-pruned-onnxruntime", **common)
     base.agreement, base.cosine = 1.0, 1.0
     paths = write_report(job.out, baseline=base, candidates=[fp32, pruned],

@@ -20,20 +20,19 @@ from torchslim._registry import Registry
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
 from torchslim.evaluation import evaluate
-from torchslim.exporters import (export_dynamic, export_onnx, export_openvino, export_qdq,
-                              export_weight_only)
+from torchslim.exporters import export_dynamic, export_onnx, export_qdq, export_weight_only
 from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import QuantConfig
 from torchslim.quant.sensitivity import layer_sensitivity
 from torchslim.report import write_report
-from torchslim.runtime import OnnxRuntimeSession, OpenVinoSession, Session, TorchSession
+from torchslim.runtime import Session, TorchSession, runtimes_reading
+from torchslim.runtime import open as open_session
 from torchslim.train import TrainConfig, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 CALIB_BATCH = 32
-RUNTIMES: Registry[Any] = Registry("runtime")
 # method -> (quantize(model, data, job) -> fake-quant model, exporter(model, path, input_shape=))
 METHODS: Registry[tuple[Callable[..., nn.Module], Callable[..., Path]]] = Registry("method")
 
@@ -57,9 +56,9 @@ class QuantizeJob:
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}; choose one of "
                               f"{', '.join(METHODS.names())}")
-        if self.runtime not in RUNTIMES:
+        if self.runtime not in runtimes_reading(".onnx"):
             raise ConfigError(f"runtime={self.runtime!r}; choose one of "
-                              f"{', '.join(RUNTIMES.names())}")
+                              f"{', '.join(runtimes_reading('.onnx'))}")
         if self.calib_batches < 1:
             raise ConfigError(f"calib_batches={self.calib_batches} must be >= 1")
         if self.qat_epochs < 1:
@@ -68,17 +67,6 @@ class QuantizeJob:
     def config(self) -> QuantConfig:
         return QuantConfig(weight=QuantSpec(bits=self.bits, granularity="per_channel", axis=0),
                            activation_observer=self.observer)
-
-
-@RUNTIMES.register("onnxruntime")
-def _ort(onnx_path: Path, threads: int, precision: str | None = None) -> Session:
-    return OnnxRuntimeSession(onnx_path, threads=threads, precision=precision)
-
-
-@RUNTIMES.register("openvino")
-def _openvino(onnx_path: Path, threads: int, precision: str | None = None) -> Session:
-    xml = export_openvino(onnx_path, onnx_path.with_suffix(".xml"))
-    return OpenVinoSession(xml, threads=threads, precision=precision)
 
 
 def _calibration(data: DataBundle, job: QuantizeJob) -> Any:
@@ -153,7 +141,9 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     exporter = METHODS.get(job.method)[1]
     int8_path = exporter(prepared, job.out / f"{stem}-{job.method}-{precision}.onnx",
                          input_shape=shape)
-    opener = RUNTIMES.get(job.runtime)
+    def opener(path: Path, threads: int, precision: str | None = None) -> Session:
+        return open_session(path, job.runtime, threads=threads, precision=precision)
+
     common: dict[str, Any] = {"batch_sizes": job.batch_sizes,
                               "class_names": list(data.info.class_names)}
     base = evaluate(TorchSession(model, threads=job.threads), data.test,

@@ -119,9 +119,12 @@ class Target(_Strict):
     @field_validator("runtime")
     @classmethod
     def _known_runtime(cls, value: str) -> str:
-        from torchslim.pipeline.quantize import RUNTIMES
+        from torchslim.runtime import runtimes_reading
 
-        return _known(RUNTIMES, "runtime", value)
+        allowed = runtimes_reading(".onnx")
+        if value not in allowed:
+            raise ValueError(f"unknown runtime {value!r}; allowed: {', '.join(allowed)}")
+        return value
 
     @field_validator("batch_sizes")
     @classmethod

@@ -34,7 +34,7 @@ from torchslim.errors import ConfigError
 from torchslim.evaluation import EvalResult, evaluate
 from torchslim.exporters import export_onnx
 from torchslim.pipeline import setup
-from torchslim.pipeline.quantize import RUNTIMES
+from torchslim.runtime import open as open_session
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
 from torchslim.pipeline.stages import ARTIFACT, StageContext, State, run_stage
 from torchslim.train import save_checkpoint
@@ -176,8 +176,8 @@ def measure(run: _Run, state: State, *, on_torch: bool = False) -> dict[str, Any
         from torchslim.runtime import TorchSession
         session: Any = TorchSession(state.model, threads=target.threads)
     else:
-        session = RUNTIMES.get(target.runtime)(state.artifact, target.threads,
-                                               None if state.precision == "fp32" else "int8")
+        session = open_session(state.artifact, target.runtime, threads=target.threads,
+                               precision=None if state.precision == "fp32" else "int8")
     result = evaluate(session, run.ctx.data.val, batch_sizes=target.batch_sizes,
                       repeats=target.stage_repeats, warmup=1, model=state.model,
                       measure_memory=False)

@@ -23,7 +23,7 @@ from torchslim import _io
 from torchslim.evaluation import EvalResult, evaluate
 from torchslim.evaluation.latency import tile_batch
 from torchslim.pipeline import setup
-from torchslim.pipeline.quantize import RUNTIMES
+from torchslim.runtime import open as open_session
 from torchslim.pipeline.stages import State
 from torchslim.report import write_report
 from torchslim.runtime import Session, TorchSession
@@ -75,8 +75,8 @@ def finish(run: Any, state: State) -> Any:
 
 def _session(run: Any, path: Path, precision: str) -> Session:
     target = run.recipe.target
-    return RUNTIMES.get(target.runtime)(Path(path), target.threads,
-                                        None if precision == "fp32" else "int8")
+    return open_session(Path(path), target.runtime, threads=target.threads,
+                        precision=None if precision == "fp32" else "int8")
 
 
 def _stage_results(run: Any, final: State, base: EvalResult,

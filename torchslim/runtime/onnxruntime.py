@@ -1,13 +1,37 @@
-"""ONNX Runtime on the CPU."""
+"""ONNX Runtime on the CPU.
+
+``InferenceSession.run`` is documented as safe to call from several threads on one
+session, so this adapter holds no per-call state of its own.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from torchslim.errors import ArtifactError
+from torchslim.runtime.base import Inputs, TensorSpec, as_feeds
+
+__all__ = ["OnnxRuntimeSession", "ort_dtype"]
+
+# ONNX Runtime's type strings -> numpy dtype names
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+           "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+           "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+           "tensor(bool)": "bool"}
+
+
+def ort_dtype(type_string: str) -> str:
+    return _DTYPES.get(type_string, type_string.removeprefix("tensor(").rstrip(")"))
+
+
+def _specs(args: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(a.name, ort_dtype(a.type),
+                            tuple(d if isinstance(d, (int, str)) else None for d in a.shape))
+                 for a in args)
 
 
 class OnnxRuntimeSession:
@@ -20,7 +44,7 @@ class OnnxRuntimeSession:
         self.artifact = Path(path)
         if not self.artifact.is_file():
             raise ArtifactError(f"ONNX file not found: {self.artifact}; "
-                                "export one with `torchslim export` or check the path")
+                                "check the path (torchslim.export writes one)")
         self.threads = threads or min(os.cpu_count() or 1, 4)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -33,27 +57,52 @@ class OnnxRuntimeSession:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ArtifactError(f"ONNX Runtime cannot load {self.artifact}: {first}; "
-                                "re-export the model with `torchslim export`") from e
-        self._input = self._session.get_inputs()[0].name
-        self.precision = precision or _guess_precision(self._session)
+                                "it is not a valid ONNX model: export the model again "
+                                "with torchslim.export") from e
+        self._inputs = _specs(self._session.get_inputs())
+        self._outputs = _specs(self._session.get_outputs())
+        self.precision = precision or _guess_precision(self.artifact)
 
     @property
     def name(self) -> str:
         return f"{self.runtime}-{self.precision}"
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self._session.run(None, {self._input: x})[0]
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def run(self, inputs: Inputs) -> np.ndarray:
+        return self._run(inputs, [self._outputs[0].name])[0]
+
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        names = [o.name for o in self._outputs]
+        return dict(zip(names, self._run(inputs, names)))
+
+    def close(self) -> None:
+        self._session = None
+
+    def _run(self, inputs: Inputs, names: list[str]) -> list[np.ndarray]:
+        session = self._session
+        if session is None:
+            raise ArtifactError(f"session for {self.artifact} is closed; open it again")
+        return session.run(names, as_feeds(self._inputs, inputs))
 
 
-def _guess_precision(session: object) -> str:
-    """"int8" when the graph holds QuantizeLinear nodes, else "fp32"."""
+def _guess_precision(path: Path) -> str:
+    """"int8" when the graph holds quantized ops, else "fp32"."""
     import onnx
 
     try:
-        path = session._model_path  # type: ignore[attr-defined]
-    except AttributeError:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
         return "fp32"
-    model = onnx.load(path, load_external_data=False)
     ops = {node.op_type for node in model.graph.node}
-    return "int8" if ops & {"QuantizeLinear", "QLinearConv", "MatMulInteger"} else "fp32"
+    if ops & {"MatMulNBits"}:
+        return "int4"
+    quantized = {"QuantizeLinear", "QLinearConv", "MatMulInteger", "DynamicQuantizeLinear",
+                 "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QLinearMatMul"}
+    return "int8" if ops & quantized else "fp32"

@@ -1,14 +1,21 @@
-"""OpenVINO on the CPU: reads an IR (``.xml`` + ``.bin``) or an ONNX file directly."""
+"""OpenVINO on the CPU: reads an IR (``.xml`` + ``.bin``) or an ONNX file directly.
+
+A compiled model is shared by every caller; an infer request is not (it owns its input
+and output buffers), so each call borrows one from a pool and returns it afterwards. The
+pool grows to the number of threads that call at once.
+"""
 
 from __future__ import annotations
 
 import os
+import queue
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from torchslim.errors import ArtifactError, MissingDependencyError
+from torchslim.runtime.base import Inputs, TensorSpec, as_feeds
 
 __all__ = ["OpenVinoSession", "import_openvino"]
 
@@ -69,18 +76,62 @@ class OpenVinoSession:
         except Exception as e:
             raise ArtifactError(f"OpenVINO cannot compile {self.artifact} for the CPU: "
                                 f"{_first_line(e)}") from e
-        self._request = self._compiled.create_infer_request()
-        self._output = self._compiled.output(0)
+        self._inputs = tuple(_spec(p, f"input_{i}") for i, p in enumerate(self._compiled.inputs))
+        self._outputs = tuple(_spec(p, f"output_{i}")
+                              for i, p in enumerate(self._compiled.outputs))
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     @property
     def name(self) -> str:
         return f"{self.runtime}-{self.precision}"
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        result = self._request.infer({0: x})
-        # copy: the request reuses its output buffer on the next call
-        return np.array(result[self._output], dtype=np.float32, copy=True)
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self._outputs
+
+    def run(self, inputs: Inputs) -> np.ndarray:
+        return self._infer(inputs, first_only=True)[self._outputs[0].name]
+
+    def infer(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        return self._infer(inputs, first_only=False)
+
+    def close(self) -> None:
+        self._compiled = None
+        while not self._requests.empty():
+            self._requests.get_nowait()
+
+    def _infer(self, inputs: Inputs, *, first_only: bool) -> dict[str, np.ndarray]:
+        compiled = self._compiled
+        if compiled is None:
+            raise ArtifactError(f"session for {self.artifact} is closed; open it again")
+        feeds = as_feeds(self._inputs, inputs)
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = compiled.create_infer_request()
+        try:
+            result = request.infer([feeds[s.name] for s in self._inputs])
+            ports = compiled.outputs[:1] if first_only else compiled.outputs
+            # copy: the request reuses its output buffers on its next call
+            return {spec.name: np.array(result[port], copy=True)
+                    for spec, port in zip(self._outputs, ports)}
+        finally:
+            self._requests.put(request)
+
+
+def _spec(port: Any, fallback: str) -> TensorSpec:
+    try:
+        name = port.get_any_name()
+    except RuntimeError:  # a port without a tensor name
+        name = fallback
+    shape = port.get_partial_shape()
+    dims = None if shape.rank.is_dynamic else tuple(
+        None if d.is_dynamic else d.get_length() for d in shape)
+    return TensorSpec(name, np.dtype(port.get_element_type().to_dtype()).name, dims)
 
 
 def _guess_precision(model: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -99,6 +100,12 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    if config.channels_last and (unsafe := _nhwc_unsafe_convs(model)):
+        logger.warning("training %s in NCHW, not channels_last: torch 2.14's oneDNN "
+                       "corrupts memory in the weight gradient of a strided 1x1 convolution "
+                       "with fewer than 8 input channels in NHWC (%s)",
+                       type(model).__name__, ", ".join(unsafe[:3]))
+        config = dataclasses.replace(config, channels_last=False)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = _steps_per_epoch(train, config)
@@ -128,6 +135,14 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
     for cb in callbacks:
         cb.on_train_end(st)
     return st.history
+
+
+def _nhwc_unsafe_convs(model: nn.Module) -> list[str]:
+    """Convolutions whose NHWC backward crashes the process (heap corruption seen on an
+    AVX2-only AMD EPYC: a 1x1 stride-2 conv with 2-6 input channels; 8 and 12 were fine)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.weight.requires_grad
+            and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8]
 
 
 def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
