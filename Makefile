@@ -29,7 +29,7 @@ $(VENV)/.stamp-install: pyproject.toml | $(BIN)/python
 
 install-dev: $(VENV)/.stamp-dev
 $(VENV)/.stamp-dev: $(VENV)/.stamp-install Makefile
-	$(BIN)/pip install --quiet -e '.[dev,openvino,llm]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,llm,serve,mlflow]'
 	touch $@
 
 data:
