@@ -2,66 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
-from torchslim.errors import TorchslimError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make trained PyTorch models smaller and faster, with measured accuracy.")
-out_console = Console()
-err_console = Console(stderr=True)
-_state: dict[str, Any] = {"debug": False}
-
-
-def command(name: str | None = None) -> Callable[[F], F]:
-    """``app.command`` that turns a TorchslimError into one line on stderr and exit code 2
-    (the traceback only with --debug)."""
-
-    def decorator(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except TorchslimError as e:
-                if _state["debug"]:
-                    raise
-                err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False,
-                                  soft_wrap=True)
-                raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                err_console.print("interrupted")
-                raise typer.Exit(130) from None
-
-        app.command(name)(wrapper)
-        return fn
-
-    return decorator
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-Threads = Annotated[int, typer.Option(help="CPU threads for torch and ONNX Runtime.")]
-BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes for latency.")]
+from torchslim._commands._app import (BatchSizes, Threads, app, command, out_console,
+                                      parse_sizes, setup_logging, state)
 
 
 @app.callback()
 def _global(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
             quiet: Annotated[bool, typer.Option(help="Only print results and errors.")] = False
             ) -> None:
-    _state["debug"] = debug
+    state["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    _setup_logging(level)
+    setup_logging(level)
 
 
 @command()
@@ -118,7 +75,7 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
     from torchslim.evaluation import evaluate
     from torchslim.report import print_table, write_report
 
-    sizes = _parse_sizes(batch_sizes)
+    sizes = parse_sizes(batch_sizes)
     bundle = load_data(dataset, root=data)
     candidate_session, candidate_model = _open(path, model, threads)
     common: dict[str, Any] = {"batch_sizes": sizes, "class_names": list(bundle.info.class_names)}
@@ -157,7 +114,7 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
     job = QuantizeJob(checkpoint=checkpoint, out=out, method=method, observer=observer,
                       bits=bits, calib_batches=calib_batches, runtime=runtime, threads=threads,
                       qat_epochs=qat_epochs, sensitivity=sensitivity,
-                      batch_sizes=_parse_sizes(batch_sizes), data_root=data)
+                      batch_sizes=parse_sizes(batch_sizes), data_root=data)
     result = run_quantize(job)
     print_table(result["results"], console=out_console)
     out_console.print(f"artifact: {result['artifact']}\nreport:   {result['report']['html']}")
@@ -234,37 +191,8 @@ def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
     return TorchSession(net, threads=threads), net
 
 
-def _parse_sizes(text: str) -> tuple[int, ...]:
-    from torchslim.errors import ConfigError
-
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ConfigError(f"--batch-sizes {text!r} must be comma-separated integers, e.g. 1,32") from None
-    if not sizes or min(sizes) < 1:
-        raise ConfigError(f"--batch-sizes {text!r} needs at least one size >= 1")
-    return sizes
-
-
-def _setup_logging(level: int) -> None:
-    from rich.logging import RichHandler
-
-    logger = logging.getLogger("torchslim")
-    logger.handlers.clear()
-    handler: logging.Handler
-    if err_console.is_terminal:
-        handler = RichHandler(console=err_console, show_path=False, show_time=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:  # logs and CI: one unwrapped line per record
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-
-
 # Commands defined in their own modules register themselves on import.
-from torchslim._commands import distill as _distill, llm as _llm, prune as _prune  # noqa: E402,F401
+from torchslim._commands import distill, llm, prune, run  # noqa: E402,F401
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim.cli import BatchSizes, Threads, _parse_sizes, command, out_console
+from torchslim._commands._app import BatchSizes, Threads, parse_sizes, command, out_console
 
 StudentOpt = Annotated[str, typer.Option(
     help="Zoo model name (e.g. resnet8), or 'teacher' for the teacher's architecture "
@@ -50,7 +50,7 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
                            attention=tuple(attention or ()), attention_weight=attention_weight,
                            cache_teacher=cache_teacher,
                            train=TrainConfig(epochs=epochs, lr=lr, seed=seed, threads=threads))
-    sizes = _parse_sizes(batch_sizes)
+    sizes = parse_sizes(batch_sizes)
     teacher_model, meta = load_checkpoint(teacher)
     dataset = meta.get("dataset") or "fashion-mnist"
     bundle = load_data(dataset, root=data, augment=not cache_teacher)

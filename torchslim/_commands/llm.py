@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from torchslim.cli import _one_line, _state, app, err_console, out_console
-from torchslim.errors import ConfigError, TorchslimError
+from torchslim._commands._app import app, command, out_console
+from torchslim.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,28 +20,7 @@ app.add_typer(llm_app, name="llm")
 
 
 def llm_command(name: str | None = None) -> Callable[[F], F]:
-    """``llm_app.command`` with the CLI's error handling: a TorchslimError becomes one
-    ``error: ...`` line on stderr and exit code 2 (the traceback only with --debug)."""
-
-    def decorator(fn: F) -> F:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except TorchslimError as e:
-                if _state["debug"]:
-                    raise
-                err_console.print(f"[bold red]error:[/] {_one_line(e)}", highlight=False,
-                                  soft_wrap=True)
-                raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                err_console.print("interrupted")
-                raise typer.Exit(130) from None
-
-        llm_app.command(name)(wrapper)
-        return fn
-
-    return decorator
+    return command(name, on=llm_app)
 
 
 ModelPath = Annotated[str, typer.Argument(help="Local model directory or .gguf file (no hub names).")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from torchslim.cli import BatchSizes, Threads, _parse_sizes, command, out_console
+from torchslim._commands._app import BatchSizes, Threads, parse_sizes, command, out_console
 
 
 @command()
@@ -40,7 +40,7 @@ def prune(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetens
                    blocks=_blocks(remove_blocks), sensitivity=sensitivity,
                    steps=steps, sparsity=sparsity, pattern=pattern,
                    finetune_epochs=finetune_epochs, lr=lr, threads=threads,
-                   batch_sizes=_parse_sizes(batch_sizes), data_root=data)
+                   batch_sizes=parse_sizes(batch_sizes), data_root=data)
     result = run_prune(job)
     print_table(result["results"], console=out_console)
     record = result["pruning"]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim.cli import command, out_console
+from torchslim._commands._app import command, out_console
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or a built-in recipe's name "
                                                "(fashion_mnist, ptq_only, torchvision_custom_data).")]
