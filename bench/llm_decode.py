@@ -21,9 +21,8 @@ from typing import Any
 
 import torch
 
-from _common import step, write_results
-from llm_memory import machine_load
-from llm_quant import CALIB_BOOKS, MODEL, OURS, _gguf_path, _trim
+from _common import step, trim_heap, write_results
+from _llm import CALIB_BOOKS, MODEL, OURS, gguf_path, machine_load
 
 from torchslim.llm import LLMQuantConfig
 from torchslim.llm.api import quantize_llm_
@@ -36,7 +35,7 @@ logger = logging.getLogger("bench")
 
 def _build(method: str, args: argparse.Namespace) -> float:
     """Quantize a fresh fp32 load in place and save it; the seconds it took."""
-    model, tokenizer = load_causal_lm(_gguf_path())
+    model, tokenizer = load_causal_lm(gguf_path())
     cfg = LLMQuantConfig(**OURS[method], n_samples=args.calib_samples, seq_len=args.seq_len)
     calib = None
     if cfg.needs_calibration:
@@ -49,13 +48,13 @@ def _build(method: str, args: argparse.Namespace) -> float:
     seconds = time.perf_counter() - t0
     save_quantized(model, args.artifacts / method, tokenizer=tokenizer)
     del model
-    _trim()
+    trim_heap()
     return seconds
 
 
 def decode_only(args: argparse.Namespace, methods: list[str]) -> int:
     load_before = machine_load()
-    fp32, tokenizer = load_causal_lm(_gguf_path())
+    fp32, tokenizer = load_causal_lm(gguf_path())
     prompt = token_slice(tokenizer, load_austen(books=("emma",))["emma"], start=0, length=32)
     models: dict[str, torch.nn.Module] = {"fp32": fp32}
     rows: dict[str, dict[str, Any]] = {"fp32": {"model": MODEL, "method": "fp32",

@@ -28,14 +28,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from torchslim.evaluation._memprobe import reset_high_water_mark, status_bytes
+from _llm import machine_load
+
+from torchslim.evaluation.memory import reset_high_water_mark, status_bytes
 
 MIB = 2 ** 20
 # the packages loading the GGUF model imports lazily (of ~1,800 modules, measured)
@@ -52,7 +53,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     import transformers  # noqa: F401  (the libraries, imported before the baseline)
 
     from _common import trim_heap
-    from llm_quant import CALIB_BOOKS, _gguf_path
+    from _llm import CALIB_BOOKS, gguf_path
     from torchslim.llm import LLMQuantConfig, quantize_llm
     from torchslim.llm.api import quantize_llm_
     from torchslim.llm.data import calibration_batches, load_austen
@@ -70,14 +71,14 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
             pass
     trim_heap()
     rss["libs_imports"] = status_bytes("VmRSS")
-    warm, _ = load_causal_lm(_gguf_path(), with_tokenizer=False)
+    warm, _ = load_causal_lm(gguf_path(), with_tokenizer=False)
     with torch.no_grad():
         warm(input_ids=torch.arange(8).reshape(1, 8), use_cache=False)
     del warm
     trim_heap()
     rss["libs_warm"] = status_bytes("VmRSS")
 
-    model, tokenizer = load_causal_lm(_gguf_path())
+    model, tokenizer = load_causal_lm(gguf_path())
     books = load_austen(books=CALIB_BOOKS)
     calib = calibration_batches(tokenizer, [books[b] for b in CALIB_BOOKS],
                                 n_samples=args.calib_samples, seq_len=args.seq_len)
@@ -153,18 +154,6 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         "rss_at_layers": [{"s": round(t, 1), "rss_mib": round(r / MIB), "done": m}
                           for t, r, m in events],
     }
-
-
-def machine_load() -> str:
-    """What else ran on the machine: load average and the busiest other processes."""
-    one, five, _ = os.getloadavg()
-    try:
-        ps = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True,
-                            text=True, timeout=10).stdout.splitlines()[1:4]
-    except (OSError, subprocess.SubprocessError):
-        ps = []
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min); top: " + "; ".join(
-        " ".join(p.split()) for p in ps)
 
 
 def main(argv: list[str] | None = None) -> int:

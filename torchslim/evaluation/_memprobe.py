@@ -14,26 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-_KIB = 1024
-
-
-def status_bytes(key: str) -> int:
-    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * _KIB  # the kernel reports kB
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def reset_high_water_mark() -> bool:
-    """Set VmHWM to the current VmRSS ("5" in clear_refs); False where that is refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+from torchslim.evaluation.memory import reset_high_water_mark, status_bytes
 
 
 def _load(kind: str, path: str, threads: int):

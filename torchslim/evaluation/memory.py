@@ -18,12 +18,30 @@ import numpy as np
 from torchslim import _io
 from torchslim.runtime.base import Session
 
-__all__ = ["measure_peak_memory"]
+__all__ = ["measure_peak_memory", "status_bytes", "reset_high_water_mark"]
 
 logger = logging.getLogger(__name__)
 
 _TIMEOUT_S = 120
+_KIB = 1024
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding torchslim/
+
+
+def status_bytes(key: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * _KIB  # the kernel reports kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def reset_high_water_mark() -> bool:
+    """Set VmHWM to the current VmRSS ("5" in clear_refs); False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

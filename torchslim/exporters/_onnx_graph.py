@@ -114,7 +114,7 @@ _PASSTHROUGH_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Un
 _INT32_MAX = 2 ** 31 - 1
 
 
-def _digest(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+def digest(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
     return a.shape, hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).digest()
 
 
@@ -131,10 +131,10 @@ def rewrite_weights_(model: onnx.ModelProto, baked: list) -> tuple[set[str], int
     same: dict[tuple, list[str]] = defaultdict(list)  # equal weights reach the graph once
     for b in baked:
         w = b.dequantized()
-        lookup.setdefault(_digest(w), (b, False))
-        same[_digest(w)].append(b.module)
+        lookup.setdefault(digest(w), (b, False))
+        same[digest(w)].append(b.module)
         if w.ndim == 2:
-            lookup.setdefault(_digest(w.T), (b, True))
+            lookup.setdefault(digest(w.T), (b, True))
     new_nodes: list[onnx.NodeProto] = []
     done: dict[str, tuple[str, np.ndarray, int]] = {}  # float initializer -> (dq out, scale, axis)
     found: set[str] = set()
@@ -146,14 +146,14 @@ def rewrite_weights_(model: onnx.ModelProto, baked: list) -> tuple[set[str], int
         if name not in done:
             value = index.constant(name)
             float_weight = value is not None and value.dtype == np.float32
-            hit = lookup.get(_digest(value)) if float_weight else None
+            hit = lookup.get(digest(value)) if float_weight else None
             if hit is None:
                 continue
             b, transposed = hit
             q = b.q.T if transposed else b.q
             axis = (1 - b.axis) if transposed else b.axis
             done[name] = (_add_weight_dq(index, new_nodes, name, q, b, axis), b.scale, axis)
-            found.update(same[_digest(b.dequantized())])
+            found.update(same[digest(b.dequantized())])
         dq_out, w_scale, axis = done[name]
         node.input[1] = dq_out
         if (_out_axis(node, axis) and _runs_integer(index, node)

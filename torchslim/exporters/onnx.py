@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
 from torchslim import _io
 from torchslim.errors import UnsupportedModelError
+
+__all__ = ["OPSET", "export_onnx", "export_proto", "write_checked"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +43,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *,
                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     logger.info("exported %s (%d bytes)", out, out.stat().st_size)
     return out
+
+
+def export_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int = OPSET
+                 ) -> onnx.ModelProto:
+    """The graph ``export_onnx`` writes for ``model``, loaded for the integer exporters to
+    edit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = export_onnx(model, Path(tmp) / "raw.onnx", input_shape=input_shape, opset=opset)
+        return onnx.load(str(raw))
+
+
+def write_checked(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Check ``proto`` with the ONNX checker, then write it atomically to ``path``."""
+    onnx.checker.check_model(proto)
+    return _io.write_bytes(path, proto.SerializeToString())

@@ -2,7 +2,8 @@
 
 from torchslim.pipeline.demo import DemoOptions, run_demo
 from torchslim.pipeline.recipe import Recipe, load_recipe, parse_recipe
-from torchslim.pipeline.runner import RunResult, run_recipe
+from torchslim.pipeline.run import RunResult
+from torchslim.pipeline.runner import run_recipe
 from torchslim.pipeline.search import SearchResult, search_recipe
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 

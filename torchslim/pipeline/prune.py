@@ -22,9 +22,9 @@ from torchslim.evaluation import evaluate
 from torchslim.exporters import export_onnx
 from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune import (ChannelPruneConfig, SparsityConfig, group_sensitivity,
-                             layer_sparsity, prune_channels_, prune_gradually_,
+                             layer_sparsity, prune_gradually_,
                              sensitivity_ratios, sparsify_)
-from torchslim.prune.structured import remove_blocks_first_
+from torchslim.prune.structured import layer_shapes, remove_blocks_first_, shape_changes
 from torchslim.report import write_report
 from torchslim.runtime import TorchSession
 from torchslim.runtime import open as open_session
@@ -123,11 +123,10 @@ def prune_model(model: nn.Module, data: DataBundle, job: PruneJob) -> dict[str, 
 
 def _measure(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Layer shapes and counts before/after, without pruning anything again."""
-    from torchslim.prune.structured import _changes, _shapes
     shape = tuple(x.shape[1:])
     return {"macs_before": count_macs(before, shape), "macs_after": count_macs(after, shape),
             "params_before": count_params(before), "params_after": count_params(after),
-            "layers": _changes(_shapes(before), _shapes(after))}
+            "layers": shape_changes(layer_shapes(before), layer_shapes(after))}
 
 
 def run_prune(job: PruneJob) -> dict[str, Any]:

@@ -22,69 +22,26 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from torchslim import _io
 from torchslim.errors import ConfigError
-from torchslim.evaluation import EvalResult, evaluate
+from torchslim.evaluation import evaluate
 from torchslim.exporters import export_onnx
 from torchslim.pipeline import setup
-from torchslim.runtime import open as open_session
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
+from torchslim.pipeline.run import CHECKPOINT, Run, RunResult
 from torchslim.pipeline.stages import ARTIFACT, StageContext, State, run_stage
+from torchslim.pipeline.summary import finish
+from torchslim.runtime import open as open_session
 from torchslim.train import save_checkpoint
 
 __all__ = ["run_recipe", "RunResult", "measure"]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT = "model.safetensors"
-
-
-@dataclass
-class RunResult:
-    """What ``run_recipe`` returns: the report's paths, the final results and the log."""
-
-    out: Path
-    verdict: str
-    artifact: Path
-    pipeline: dict[str, Any]
-    results: list[EvalResult] = field(default_factory=list)
-    report: dict[str, Path] = field(default_factory=dict)
-
-
-@dataclass
-class _Run:
-    """One run's working set: the recipe, its inputs, the guard's reference, the log."""
-
-    recipe: Recipe
-    out: Path
-    ctx: StageContext
-    builder: Any                      # rebuilds the starting architecture (non-zoo models)
-    baseline_top1: float = 0.0        # val top-1 of the starting model on PyTorch fp32
-    guard: bool = True                # False (search): keep every attempt, judge it only
-    model_info: dict[str, Any] = field(default_factory=dict)   # where the model came from
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    stages: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def allowed_drop(self) -> float:
-        return self.recipe.budget.allowed_drop(self.baseline_top1)
-
-    def rel(self, path: Path) -> str:
-        return str(Path(path).relative_to(self.out))
-
-    def write_log(self, **extra: Any) -> None:
-        _io.write_json(self.out / "pipeline.json", {
-            "recipe": self.recipe.name, "baseline_val_top1": self.baseline_top1,
-            "allowed_drop": self.allowed_drop, "stages": self.stages,
-            "attempts": self.attempts, **extra})
-
 
 def fingerprint(recipe: Recipe) -> str:
     """What a resumed run must share with the interrupted one (the output may move)."""
@@ -96,8 +53,6 @@ def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: 
                output: str | Path | None = None, cache: Path | None = None) -> RunResult:
     """Run a recipe (a ``Recipe`` or a YAML path) end to end; see the module docstring.
     ``cache`` is where pretrained models are cached (default: ``torchslim.config.cache_dir``)."""
-    from torchslim.pipeline.summary import finish
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     if output is not None:
@@ -140,7 +95,7 @@ def _io_read(path: Path) -> dict[str, Any]:
 
 
 def start(recipe: Recipe, out: Path, *, resume: bool,
-          cache: Path | None = None) -> tuple[_Run, State]:
+          cache: Path | None = None) -> tuple[Run, State]:
     """Load data and models, save (or reload) the starting point, measure the baseline."""
     torch.manual_seed(recipe.seed)
     data = setup.load_data_for(recipe)
@@ -149,7 +104,7 @@ def start(recipe: Recipe, out: Path, *, resume: bool,
     teacher = model if recipe.teacher is None else \
         setup.load_model_for(recipe, recipe.teacher, data, args={}, cache=cache)[0]
     ctx = StageContext(data=data, teacher=teacher.eval(), target=recipe.target, seed=recipe.seed)
-    run = _Run(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
+    run = Run(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
     bdir = out / "stages" / "00-baseline"
     if resume and (bdir / CHECKPOINT).is_file():
         model = setup.load_float(bdir / CHECKPOINT, builder)
@@ -169,7 +124,7 @@ def start(recipe: Recipe, out: Path, *, resume: bool,
     return run, state
 
 
-def measure(run: _Run, state: State, *, on_torch: bool = False) -> dict[str, Any]:
+def measure(run: Run, state: State, *, on_torch: bool = False) -> dict[str, Any]:
     """Validation top-1, latency and size of ``state`` on the target runtime (or PyTorch)."""
     target = run.recipe.target
     if on_torch:
@@ -186,7 +141,7 @@ def measure(run: _Run, state: State, *, on_torch: bool = False) -> dict[str, Any
             "bytes": result.bytes, "params": result.params, "macs": result.macs}
 
 
-def run_stage_guarded(run: _Run, i: int, stage: StageOptions, state: State, *,
+def run_stage_guarded(run: Run, i: int, stage: StageOptions, state: State, *,
                       dirname: str | None = None) -> tuple[State, str]:
     """Run (or read back) one stage into ``stages/<dirname or its name>``; returns the
     state after it and its status ("done", "skipped" or "stopped")."""
@@ -224,7 +179,7 @@ def run_stage_guarded(run: _Run, i: int, stage: StageOptions, state: State, *,
     return new_state, status
 
 
-def _attempt(run: _Run, i: int, k: int, stage: StageOptions, opts: StageOptions, state: State,
+def _attempt(run: Run, i: int, k: int, stage: StageOptions, opts: StageOptions, state: State,
              adir: Path) -> dict[str, Any]:
     """One attempt: run, export, measure on val, judge against the budget; or read it back."""
     saved = _io_read(adir / "attempt.json")
@@ -261,7 +216,7 @@ def _attempt(run: _Run, i: int, k: int, stage: StageOptions, opts: StageOptions,
     return record
 
 
-def _restore(run: _Run, record: dict[str, Any], previous: State) -> State:
+def _restore(run: Run, record: dict[str, Any], previous: State) -> State:
     """The accepted attempt's state, read back from its files."""
     ckpt = run.out / record["checkpoint"]
     model = setup.load_float(ckpt, run.builder)
@@ -279,6 +234,3 @@ def _seed(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-
-def baseline_model(run: _Run) -> nn.Module:
-    return setup.load_float(run.out / "stages" / "00-baseline" / CHECKPOINT, run.builder)

@@ -26,7 +26,9 @@ from typing import Any
 from torchslim import _io
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
-from torchslim.pipeline.runner import RunResult, prepare_output, run_stage_guarded, start
+from torchslim.pipeline.run import Run, RunResult
+from torchslim.pipeline.runner import prepare_output, run_stage_guarded, start
+from torchslim.pipeline.summary import finish, png_uri, render_pipeline
 
 __all__ = ["search_recipe", "parse_duration", "SearchResult", "trial_space"]
 
@@ -95,8 +97,6 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
                   output: str | Path | None = None, resume: bool = True) -> SearchResult:
     """Run trials until the next one would not fit in ``time_budget_s``; then write the
     full report (test split, speed-up, verdict) for the best trial."""
-    from torchslim.pipeline.summary import finish
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(output) if output is not None else recipe.output_dir / "search"
@@ -139,7 +139,7 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
     return SearchResult(out=out, trials=trials, best=best, final=final)
 
 
-def _trial(run: Any, state: Any, n: int, overrides: dict[int, dict[str, Any]]
+def _trial(run: Run, state: Any, n: int, overrides: dict[int, dict[str, Any]]
            ) -> tuple[dict[str, Any], Any]:
     """Run one trial's stages (shared prefixes are read back) and summarise its end state."""
     recipe = run.recipe
@@ -188,8 +188,6 @@ def pareto_plot(trials: list[dict[str, Any]], baseline_top1: float, allowed: flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from torchslim.pipeline.summary import png_uri
-
     front = set(pareto_front(trials))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for t in trials:
@@ -210,8 +208,6 @@ def pareto_plot(trials: list[dict[str, Any]], baseline_top1: float, allowed: flo
 def _add_search_to_report(final: RunResult, trials: list[dict[str, Any]], best: dict[str, Any],
                           allowed: float, baseline_top1: float) -> None:
     """Put the trials, the front and its plot into report.json and pipeline.html."""
-    from torchslim.pipeline.summary import render_pipeline
-
     plot = pareto_plot(trials, baseline_top1, allowed)
     block = {"trials": trials, "best": best, "pareto_front": pareto_front(trials)}
     report_path = final.report["json"]

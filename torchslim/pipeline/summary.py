@@ -23,6 +23,7 @@ from torchslim import _io
 from torchslim.evaluation import EvalResult, evaluate
 from torchslim.evaluation.latency import tile_batch
 from torchslim.pipeline import setup
+from torchslim.pipeline.run import Run, RunResult
 from torchslim.runtime import open as open_session
 from torchslim.pipeline.stages import State
 from torchslim.report import write_report
@@ -33,10 +34,8 @@ __all__ = ["finish", "interleaved_speedup", "stage_plot", "png_uri"]
 logger = logging.getLogger(__name__)
 
 
-def finish(run: Any, state: State) -> Any:
+def finish(run: Run, state: State) -> RunResult:
     """Write the shipped artifact and the report; return the RunResult."""
-    from torchslim.pipeline.runner import RunResult, baseline_model
-
     recipe, out, data = run.recipe, run.out, run.ctx.data
     target = recipe.target
     export = next((s for s in recipe.stages if s.kind == "export"), None)
@@ -44,7 +43,7 @@ def finish(run: Any, state: State) -> Any:
                               Path(state.artifact).read_bytes())
     common: dict[str, Any] = {"batch_sizes": target.batch_sizes, "repeats": target.repeats,
                               "class_names": list(data.info.class_names)}
-    base_model = baseline_model(run)
+    base_model = run.baseline_model()
     base = evaluate(TorchSession(base_model, threads=target.threads), data.test,
                     name=f"{recipe.baseline_name}-fp32-torch", model=base_model,
                     measure_memory=target.measure_memory, **common)
@@ -73,13 +72,13 @@ def finish(run: Any, state: State) -> Any:
                      results=[base, *stages, final], report=paths)
 
 
-def _session(run: Any, path: Path, precision: str) -> Session:
+def _session(run: Run, path: Path, precision: str) -> Session:
     target = run.recipe.target
     return open_session(Path(path), target.runtime, threads=target.threads,
                         precision=None if precision == "fp32" else "int8")
 
 
-def _stage_results(run: Any, final: State, base: EvalResult,
+def _stage_results(run: Run, final: State, base: EvalResult,
                    common: dict[str, Any]) -> list[EvalResult]:
     """Each accepted stage's artifact on the test split (the final one is measured apart)."""
     results = []
@@ -126,7 +125,7 @@ def interleaved_speedup(baseline: Session, candidate: Session, sample: np.ndarra
             "baseline": baseline.name, "candidate": candidate.name}
 
 
-def _checks(run: Any, state: State, base: EvalResult, final: EvalResult,
+def _checks(run: Run, state: State, base: EvalResult, final: EvalResult,
             timing: dict[str, Any]) -> list[dict[str, Any]]:
     budget = run.recipe.budget
     allowed = run.allowed_drop

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
 from torchslim.evaluation.model_stats import count_macs, count_params
-from torchslim.prune.sparsity import SparsityConfig, apply_masks_, sparsify_
+from torchslim.prune.sparsity import SparsityConfig, sparsify_
 from torchslim.prune.structured import ChannelPruneConfig, PruneResult, prune_channels_
 from torchslim.train import Callback, TrainConfig, TrainState, fit
 from torchslim.train.masks import masked_layers

@@ -21,7 +21,7 @@ from torchslim import _progress
 from torchslim.errors import ConfigError
 from torchslim.prune.graph import CouplingGraph
 from torchslim.prune.importance import IMPORTANCE
-from torchslim.prune.structured import ChannelPruneConfig, CostModel, _plan_ratios, prune_channels_
+from torchslim.prune.structured import ChannelPruneConfig, CostModel, plan_ratios, prune_channels_
 from torchslim.train import accuracy
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def sensitivity_ratios(model: nn.Module, table: dict[str, dict[float, float]], *
     full = cost.macs({})
 
     def kept(ratios: dict[str, float]) -> float:
-        return cost.macs(_plan_ratios(probe, graph.groups, scores, ratios)) / full
+        return cost.macs(plan_ratios(probe, graph.groups, scores, ratios)) / full
 
     ratios = dict.fromkeys(table, 0.0)
     while kept(ratios) > target_macs:

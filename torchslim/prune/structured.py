@@ -26,6 +26,9 @@ from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs
                                         normalized)
 from torchslim.train.checkpoint import RESHAPED_ATTR
 
+__all__ = ["SCOPES", "ChannelPruneConfig", "PruneResult", "CostModel", "prune_channels_",
+           "remove_blocks_first_", "plan_ratios", "layer_shapes", "shape_changes"]
+
 logger = logging.getLogger(__name__)
 
 SCOPES = ("global", "uniform")
@@ -116,7 +119,7 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     """
     input_shape = tuple(example_inputs.shape[1:])
     original = config
-    before = _shapes(model)
+    before = layer_shapes(model)
     macs0, params0 = count_macs(model, input_shape), count_params(model)
     removed, config = remove_blocks_first_(model, config, example_inputs=example_inputs, data=data)
     graph = CouplingGraph(model, example_inputs, protected=config.protected)
@@ -135,7 +138,7 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     graph.prune_(plan)
     setattr(model, RESHAPED_ATTR, True)
     result = PruneResult(macs0, count_macs(model, input_shape), params0, count_params(model),
-                         layers=_changes(before, _shapes(model)),
+                         layers=shape_changes(before, layer_shapes(model)),
                          groups={g.name: {"before": g.size, "after": g.size - len(plan.get(g.name, []))}
                                  for g in graph.groups},
                          removed_blocks=removed)
@@ -175,14 +178,14 @@ def _choose(config: ChannelPruneConfig, groups: list[ChannelGroup], scores: dict
             cost: CostModel) -> dict[str, list[int]]:
     """The channels to remove per group, for the requested ratio or target."""
     if config.ratios is not None:
-        return _plan_ratios(config, groups, scores, config.ratios)
+        return plan_ratios(config, groups, scores, config.ratios)
     if config.ratio is not None:
-        return _plan_ratios(config, groups, scores, dict.fromkeys(scores, config.ratio))
+        return plan_ratios(config, groups, scores, dict.fromkeys(scores, config.ratio))
     target = config.target_macs if config.target_macs is not None else config.target_params
     measure = cost.macs if config.target_macs is not None else cost.params
     full = measure({})
     if config.scope == "uniform":
-        plan_at = lambda r: _plan_ratios(config, groups, scores, dict.fromkeys(scores, r))  # noqa: E731
+        plan_at = lambda r: plan_ratios(config, groups, scores, dict.fromkeys(scores, r))  # noqa: E731
         hi = config.max_ratio
     else:
         plan_at = lambda t: _plan_threshold(config, groups, scores, t)  # noqa: E731
@@ -260,8 +263,9 @@ def _keep_count(config: ChannelPruneConfig, size: int, remove: int) -> int:
     return keep
 
 
-def _plan_ratios(config: ChannelPruneConfig, groups: list[ChannelGroup],
-                 scores: dict[str, Tensor], ratios: dict[str, float]) -> dict[str, list[int]]:
+def plan_ratios(config: ChannelPruneConfig, groups: list[ChannelGroup],
+                scores: dict[str, Tensor], ratios: dict[str, float]) -> dict[str, list[int]]:
+    """The weakest channels of each group, ``ratios[group]`` of them (0 for groups not named)."""
     unknown = sorted(set(ratios) - set(scores))
     if unknown:
         raise ConfigError(f"ratios name unknown groups {unknown[:3]}; groups are "
@@ -383,7 +387,8 @@ def _positions(model: nn.Module, example_inputs: Tensor) -> dict[str, int]:
     return found
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def layer_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{name: (in, out)}`` channels / features of every conv and linear layer."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.conv._ConvNd):
@@ -393,7 +398,9 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _changes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+def shape_changes(before: dict[str, tuple[int, ...]],
+                  after: dict[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+    """``{name: {"in": [before, after], "out": [before, after]}}`` from two ``layer_shapes``."""
     return {name: {"in": [b[0], after[name][0]], "out": [b[1], after[name][1]]}
             for name, b in before.items() if name in after}
 

@@ -23,7 +23,8 @@ from torchslim.errors import ConfigError
 
 __all__ = [
     "GRANULARITIES", "QuantSpec", "compute_qparams", "calc_qparams_for", "to_rows",
-    "broadcast_qparams", "normalize_axis", "quantize", "dequantize", "fake_quantize", "sqnr_db",
+    "broadcast_qparams", "normalize_axis", "quantize_tensor", "dequantize_tensor", "fake_quantize",
+    "sqnr_db",
 ]
 
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")

@@ -3,13 +3,13 @@ callbacks and a pluggable loss."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,70 +20,17 @@ from torch import Tensor, nn
 from torchslim import _progress
 from torchslim.errors import ConfigError
 from torchslim.train import state as train_state
+from torchslim.train.callbacks import Callback, TrainState
 from torchslim.train.checkpoint import load_state_, save_checkpoint
+from torchslim.train.config import TrainConfig
+from torchslim.train.masks import KeepMasks, masked_layers
 
 logger = logging.getLogger(__name__)
 
 # loss_fn(outputs, targets, inputs) -> loss, or (loss, {"term": value, ...}) to log terms.
 LossFn = Callable[[Tensor, Tensor, Tensor], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "constant")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    epochs: int = 6
-    lr: float = 0.1                 # peak learning rate
-    optimizer: str = "sgd"          # "sgd" (Nesterov momentum) or "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"      # linear warm-up then cosine decay: best on few epochs;
-                                    # "cosine" decays from the first step (fine-tuning)
-    warmup_fraction: float = 0.15   # share of steps spent warming up ("onecycle" only)
-    label_smoothing: float = 0.0
-    seed: int = 0
-    threads: int | None = None      # torch threads; None keeps torch's default
-    channels_last: bool = True      # NHWC makes oneDNN convolutions ~2x faster on CPU
-    max_steps_per_epoch: int | None = None  # cap for quick runs and tests
-    keep_masks: bool = True         # pruned (masked) weights stay exactly zero while training
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs={self.epochs} must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer={self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule={self.schedule!r}; choose one of {SCHEDULES}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
-
-
-@dataclass
-class TrainState:
-    """What callbacks see. ``history`` has one dict per finished epoch."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    config: TrainConfig
-    epoch: int = 0                  # 0-based index of the current epoch
-    step: int = 0                   # optimizer steps taken so far
-    total_steps: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stop: bool = False              # a callback sets this to end training early
-
-
-class Callback:
-    """Override what you need. Called in list order."""
-
-    def on_train_start(self, state: TrainState) -> None: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState) -> None: ...
-    def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
-    def on_train_end(self, state: TrainState) -> None: ...
+__all__ = ["Callback", "TrainConfig", "TrainState", "LossFn", "accuracy", "fit"]
 
 
 def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
@@ -118,7 +65,6 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
         _resume(st, ckpt)
     loss_fn = loss_fn or _cross_entropy(config.label_smoothing)
     if config.keep_masks:
-        from torchslim.train.masks import KeepMasks, masked_layers
         if masked_layers(model) and not any(isinstance(cb, KeepMasks) for cb in callbacks):
             callbacks = [KeepMasks(), *callbacks]
     for cb in callbacks:

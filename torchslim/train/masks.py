@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchslim.train.loop import Callback, TrainState
+from torchslim.train.callbacks import Callback, TrainState
 
 MASKED_ATTR = "torchslim_masked"
 

@@ -1,0 +1,116 @@
+"""The torch side every integer exporter shares: a copy of the model that may change, and
+each fake-quantized weight turned into its integer form (``BakedWeight``), found again in
+the exported ONNX graph by its dequantized value."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from torchslim.errors import ConfigError, UnsupportedModelError
+from torchslim.quant.affine import QuantSpec, dequantize_tensor, quantize_tensor
+from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
+
+__all__ = ["BakedWeight", "copy_model", "bake_weights_", "weight_qparams", "check_materialized"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BakedWeight:
+    """The integer form of one layer's weight, found again in the ONNX graph by value."""
+
+    module: str
+    q: np.ndarray  # int8 / uint8, the float weight's shape
+    scale: np.ndarray  # float32, (C,) per channel or () per tensor
+    zero_point: np.ndarray  # same dtype as q, same shape as scale
+    axis: int  # channel axis of the per-channel scale in the torch weight
+
+    def dequantized(self) -> np.ndarray:
+        """The float weight the torch model computes with, as in ``affine.dequantize``."""
+        shape = [1] * self.q.ndim
+        if self.scale.ndim == 1:
+            shape[self.axis] = -1
+        diff = self.q.astype(np.int32) - self.zero_point.astype(np.int32).reshape(shape)
+        return diff.astype(np.float32) * self.scale.reshape(shape)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and buffers we may change; metadata that cannot be
+    copied (e.g. a mapping proxy inside a stored config) is shared, never modified."""
+    try:
+        return copy.deepcopy(model)
+    except (TypeError, copy.Error):
+        memo: dict[int, object] = {}
+        for module in model.modules():
+            for key, value in vars(module).items():
+                if key in ("_modules", "_parameters", "_buffers") or isinstance(value, Tensor):
+                    continue
+                try:
+                    copy.deepcopy(value)
+                except (TypeError, copy.Error):
+                    memo[id(value)] = value
+        return copy.deepcopy(model, memo)
+
+
+def bake_weights_(model: nn.Module) -> list[BakedWeight]:
+    """Replace each quantized weight by its fake-quantized value and switch the weight
+    quantizer off; return the integer weights to write into the graph."""
+    baked = []
+    for name, module in list(model.named_modules()):
+        fq = getattr(module, "weight_fake_quant", None)
+        weight = getattr(module, "weight", None)
+        if fq is None or not isinstance(weight, Tensor):
+            continue
+        scale, zero_point, spec = weight_qparams(name, fq, weight.detach())
+        if spec is None:
+            continue  # quantizer switched off: the layer stays float
+        q = quantize_tensor(weight.detach().float(), scale, zero_point, spec)  # int8 / uint8
+        module.weight = nn.Parameter(dequantize_tensor(q, scale, zero_point, spec), requires_grad=False)
+        module.weight_fake_quant = nn.Identity()
+        if spec.granularity == "per_group":
+            logger.warning("%s: per-group weights are exported as float (fake-quantized "
+                           "values); ONNX Runtime has no per-group convolution kernels", name)
+            continue
+        per_channel = spec.granularity == "per_channel"
+        qparam_shape = (-1,) if per_channel else ()  # (C,) or a scalar
+        baked.append(BakedWeight(
+            module=name, q=q.numpy(), scale=scale.float().reshape(qparam_shape).numpy(),
+            zero_point=zero_point.reshape(qparam_shape).numpy().astype(q.numpy().dtype),
+            axis=spec.axis % q.dim() if per_channel else 0))
+    return baked
+
+
+def weight_qparams(name: str, fq: nn.Module, weight: Tensor
+                    ) -> tuple[Tensor, Tensor, QuantSpec | None]:
+    """``(scale, zero_point, spec)`` the torch forward would use now; spec None when the
+    weight is not fake-quantized."""
+    if isinstance(fq, LearnableFakeQuantize):
+        check_materialized(name + ".weight_fake_quant", fq)
+        scale = fq.scale.detach().float()
+        return scale, torch.zeros_like(scale, dtype=torch.int32), fq.spec
+    if not isinstance(fq, FakeQuantize):
+        raise UnsupportedModelError(f"{name}.weight_fake_quant is a {type(fq).__name__}; "
+                                    "export understands FakeQuantize and LearnableFakeQuantize")
+    if not fq.fake_quant_enabled:
+        return torch.empty(0), torch.empty(0), None
+    if fq.observer_enabled:
+        # What the torch forward does on every call: observe the weight, then use the grid.
+        fq = copy.deepcopy(fq)
+        fq.observer(weight)
+        fq._stale = True
+        fq.enable_observer(False)
+    if fq.scale.numel() == 0:
+        raise ConfigError(f"{name}.weight_fake_quant has no scale; calibrate first")
+    return fq.scale.detach().float(), fq.zero_point.detach().to(torch.int32), fq.spec
+
+
+def check_materialized(name: str, fq: LearnableFakeQuantize) -> None:
+    if isinstance(fq.scale, nn.parameter.UninitializedParameter):
+        raise ConfigError(f"{name} (LSQ) has no step size yet; calibrate first "
+                          "(run one batch through the model)")
