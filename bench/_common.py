@@ -1,7 +1,8 @@
 """What every benchmark shares: rows, guarded steps, interleaved timing, JSON and a table.
 
 Speed figures follow DESIGN.md: every candidate of one comparison is timed in ONE loop
-that cycles through them in turn (A B C A B C ...), with a pause and untimed calls at each
+(``torchslim.evaluation.time_interleaved``, the timer the recipe report uses too) that
+cycles through them in turn (A B C, B C A, ...), with a pause and untimed calls at each
 switch, and the median over rounds is reported, so a drift of the machine's speed hits
 all candidates alike and the ratios between them hold.
 """
@@ -24,7 +25,9 @@ from torch import nn
 
 from torchslim import config
 from torchslim._io import write_json
-from torchslim.evaluation.latency import tile_batch
+from torchslim.evaluation import timing
+from torchslim.evaluation.latency import SWITCH_PAUSE_S, tile_batch
+from torchslim.evaluation.timing import SWITCH_WARMUP_CALLS
 from torchslim.runtime.base import Session
 
 logger = logging.getLogger("bench")
@@ -74,7 +77,7 @@ class Candidate:
     def fail(self, e: BaseException) -> None:
         self.error, self.session = one_line(e), None
         logger.warning("%s/%s/%s failed: %s", *self.key, self.error)
-        logger.debug("%s", traceback.format_exc())
+        logger.debug("%s", "".join(traceback.format_exception(e)))
 
 
 @contextmanager
@@ -124,49 +127,28 @@ def predict(session: Session, images: np.ndarray, batch: int = 32) -> np.ndarray
 
 def time_interleaved(candidates: Sequence[Candidate], samples: np.ndarray, *,
                      batch_sizes: Sequence[int] = (1, 32), repeats: int = 20,
-                     calls: int = 3, warmup: int = 2, pause_s: float = 0.2
+                     calls: int = 3, warmup: int = SWITCH_WARMUP_CALLS,
+                     pause_s: float = SWITCH_PAUSE_S
                      ) -> dict[tuple[tuple[str, str, str], int], list[float]]:
-    """Median ms per call of every live candidate at each batch size, in one loop; returns
-    every round's figure per (candidate key, batch size), so ratios can also be taken
-    within a round, where the machine's speed is the same for all candidates.
-
-    Each round visits every candidate in turn, starting one further along each round
-    (A B C, B C A, ...) so that no candidate always follows the same one; at each switch
-    the loop sleeps ``pause_s``
-    and makes ``warmup`` untimed calls, then times ``calls`` calls (their median is that
-    round's figure). The result is the median over ``repeats`` rounds. A candidate that
-    fails while being timed gets an ``error`` and drops out.
+    """Median ms per call of every live candidate at each batch size, timed in one loop by
+    ``torchslim.evaluation.time_interleaved`` (``repeats`` rounds); sets each candidate's
+    ``p50_ms`` (the median over rounds) and returns every round's figure per (candidate
+    key, batch size), so ratios can also be taken within a round, where the machine's speed
+    is the same for all candidates. A candidate that fails while being timed gets an
+    ``error`` and drops out.
     """
-    batches = {b: tile_batch(samples, b) for b in batch_sizes}
-    # keyed by position: two candidates may share a row key (one method at 2x and 3x)
-    times: dict[tuple[int, int], list[float]] = {}
-    indexed = list(enumerate(candidates))
-    for r in range(repeats):
-        shift = r % max(len(indexed), 1)
-        order = [*indexed[shift:], *indexed[:shift]]
-        for b, batch in batches.items():
-            for i, c in order:
-                if c.session is None:
-                    continue
-                try:
-                    time.sleep(pause_s)
-                    for _ in range(warmup):
-                        c.session.run(batch)
-                    per_call = []
-                    for _ in range(calls):
-                        t0 = time.perf_counter()
-                        c.session.run(batch)
-                        per_call.append(time.perf_counter() - t0)
-                except Exception as e:
-                    c.fail(e)
-                    continue
-                times.setdefault((i, b), []).append(float(np.median(per_call)) * 1e3)
-        logger.info("timing round %d/%d done", r + 1, repeats)
-    for i, c in indexed:
+    timings = timing.time_interleaved([c.session for c in candidates], samples,
+                                      batch_sizes=batch_sizes, rounds=repeats, calls=calls,
+                                      warmup=warmup, pause_s=pause_s)
+    for i, e in timings.errors.items():
+        candidates[i].fail(e)
+    for i, c in enumerate(candidates):
         if c.session is not None:
-            c.p50_ms = {b: round(float(np.median(times[(i, b)])), 4) for b in batch_sizes}
-    return {(c.key, b): times[(i, b)] for i, c in indexed for b in batch_sizes
-            if (i, b) in times}
+            c.p50_ms = {b: round(p50, 4) for b in batch_sizes
+                        if (p50 := timings.p50_ms(i, b)) is not None}
+    # keyed by position inside the timer: two candidates may share a row key
+    return {(c.key, b): timings.rounds_ms[(i, b)] for i, c in enumerate(candidates)
+            for b in batch_sizes if (i, b) in timings.rounds_ms}
 
 
 def to_row(c: Candidate, baseline: Candidate | None) -> dict[str, Any]:

@@ -28,11 +28,13 @@ from torchslim.evaluation.metrics import (agreement, confusion_matrix, mean_cosi
 from torchslim.evaluation.model_stats import (count_macs, count_nonzero, count_params,
                                             onnx_param_counts, state_dict_bytes)
 from torchslim.evaluation.result import EvalResult
+from torchslim.evaluation.timing import Ratio, Timings, time_interleaved
 from torchslim.runtime.base import Session
 
 __all__ = ["EvalResult", "evaluate", "measure_latency", "measure_peak_memory",
            "topk_accuracy", "per_class_accuracy", "confusion_matrix", "agreement",
-           "mean_cosine", "count_params", "count_nonzero", "count_macs"]
+           "mean_cosine", "count_params", "count_nonzero", "count_macs", "time_interleaved",
+           "Timings", "Ratio"]
 
 logger = logging.getLogger(__name__)
 

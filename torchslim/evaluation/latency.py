@@ -16,13 +16,13 @@ import numpy as np
 from torchslim.errors import ConfigError
 from torchslim.runtime.base import Session
 
-__all__ = ["measure_latency", "tile_batch"]
+__all__ = ["SWITCH_PAUSE_S", "measure_latency", "tile_batch"]
 
 logger = logging.getLogger(__name__)
 
 # ONNX Runtime sessions timed back to back showed a second mode at 2-3x the time until a
 # short pause plus untimed calls were added at each switch (see DESIGN.md).
-_SWITCH_PAUSE_S = 0.2
+SWITCH_PAUSE_S = 0.2
 _PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 
 
@@ -67,7 +67,7 @@ def measure_latency(session: Session, sample: np.ndarray, *, batch_sizes: Sequen
     throughput: dict[str, float] = {}
     for batch_size in batch_sizes:
         batch = tile_batch(sample, int(batch_size))
-        time.sleep(_SWITCH_PAUSE_S)
+        time.sleep(SWITCH_PAUSE_S)
         for _ in range(warmup):
             session.run(batch)
         seconds = _time_calls(session, batch, repeats=repeats, min_time_s=min_time_s)

@@ -12,16 +12,15 @@ import base64
 import html
 import io
 import logging
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from torchslim import _io
+from torchslim.errors import ArtifactError
 from torchslim.evaluation import EvalResult, evaluate
-from torchslim.evaluation.latency import tile_batch
+from torchslim.evaluation.timing import time_interleaved
 from torchslim.pipeline import setup
 from torchslim.pipeline.run import Run, RunResult
 from torchslim.runtime import open as open_session
@@ -99,29 +98,23 @@ def _stage_results(run: Run, final: State, base: EvalResult,
 
 def interleaved_speedup(baseline: Session, candidate: Session, sample: np.ndarray, *,
                         batch: int, rounds: int, calls: int = 5) -> dict[str, Any]:
-    """Baseline/candidate time ratio at ``batch``, the two timed in turn (A B, B A, ...)
-    so that the machine's drift hits both; the median of the per-round ratios."""
+    """Baseline/candidate time ratio at ``batch``, the two timed in one interleaved loop
+    (``torchslim.evaluation.time_interleaved``): the median of the per-round ratios and
+    their range."""
     if rounds < 1:
         return {"batch": batch, "rounds": 0, "speedup": None}
-    x = tile_batch(sample, batch)
-    per: dict[str, list[float]] = {"baseline": [], "candidate": []}
-    ratios = []
-    for r in range(rounds):
-        order = [("baseline", baseline), ("candidate", candidate)]
-        for key, session in (order if r % 2 == 0 else order[::-1]):
-            time.sleep(0.05)
-            session.run(x)
-            times = []
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                session.run(x)
-                times.append(time.perf_counter() - t0)
-            per[key].append(statistics.median(times) * 1e3)
-        ratios.append(per["baseline"][-1] / per["candidate"][-1])
+    timings = time_interleaved([baseline, candidate], sample, batch_sizes=(batch,),
+                               rounds=rounds, calls=calls)
+    ratio = timings.ratio(0, 1, batch)
+    if ratio is None:
+        failed = "; ".join(f"{timings.names[i]}: {e}" for i, e in timings.errors.items())
+        raise ArtifactError(f"timing the speed-up failed ({failed}); check that both "
+                            "artifacts run on this machine")
     return {"batch": batch, "rounds": rounds,
-            "baseline_p50_ms": round(statistics.median(per["baseline"]), 4),
-            "candidate_p50_ms": round(statistics.median(per["candidate"]), 4),
-            "speedup": round(statistics.median(ratios), 3),
+            "baseline_p50_ms": round(timings.p50_ms(0, batch) or 0.0, 4),
+            "candidate_p50_ms": round(timings.p50_ms(1, batch) or 0.0, 4),
+            "speedup": round(ratio.median, 3), "speedup_range": [round(ratio.low, 3),
+                                                                 round(ratio.high, 3)],
             "baseline": baseline.name, "candidate": candidate.name}
 
 
