@@ -18,6 +18,11 @@ __all__ = [
     "InvalidInputError",
     "UnsupportedModelError",
     "MissingDependencyError",
+    "ManifestError",
+    "RegistryError",
+    "UnknownVersionError",
+    "VersionConflictError",
+    "IntegrityError",
 ]
 
 
@@ -63,3 +68,25 @@ class UnsupportedModelError(TorchslimError):
 
 class MissingDependencyError(TorchslimError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
+
+
+class ManifestError(ArtifactError):
+    """A path that is not a torchslim artifact, or a manifest that is invalid or does not
+    match the files beside it."""
+
+
+class RegistryError(TorchslimError):
+    """The model registry cannot do what was asked."""
+
+
+class UnknownVersionError(RegistryError, LookupError):
+    """A model name, version or alias that the registry does not hold."""
+
+
+class VersionConflictError(RegistryError):
+    """A version that exists with other bytes (versions are immutable), or a registry
+    another process keeps busy."""
+
+
+class IntegrityError(RegistryError):
+    """Stored bytes that do not match their digest, a missing blob, or a corrupt index."""
