@@ -115,7 +115,8 @@ def test_jpeg_matches_pillows_codec(mode, within):
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:32, 0:32]
     channels = 1 if mode == "L" else 3
-    img = np.stack([0.5 + 0.3 * np.sin(xx / (3 + c)) * np.cos(yy / (4 + c)) for c in range(channels)])
+    img = np.stack([0.5 + 0.3 * np.sin(xx / (3 + c)) * np.cos(yy / (4 + c))
+                    for c in range(channels)])
     img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
     img = np.round(img * 255) / 255
     ours = jpeg_quantize(img[None].astype(np.float32), 20)[0]

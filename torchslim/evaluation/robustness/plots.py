@@ -38,7 +38,7 @@ def reliability_plot(calibrations: Mapping[str, dict[str, Any]]) -> bytes:
             conf = [r["confidence"] for r in rows]
             acc = [r["accuracy"] for r in rows]
             sizes = [12 + 200 * r["count"] / total for r in rows]
-            ax.plot(conf, acc, color=_color(i), linewidth=1.2,
+            ax.plot(conf, acc, color=_color(i), linewidth=1.0, alpha=0.8,
                     label=f"{name} (ECE {100 * cal['ece']:.1f} %)")
             ax.scatter(conf, acc, s=sizes, color=_color(i), edgecolor="black", linewidth=0.5,
                        zorder=3)
@@ -50,7 +50,7 @@ def reliability_plot(calibrations: Mapping[str, dict[str, Any]]) -> bytes:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("confidence (top-1 softmax)")
         ax.set_ylabel("accuracy")
-        ax.set_title("Reliability diagram (below the diagonal: over-confident)")
+        ax.set_title("Reliability (below the diagonal: over-confident)")
         return _png(fig, bottom=_legend_below(fig, ax, drawn + 1))
 
 
@@ -69,7 +69,7 @@ def robustness_plot(blocks: Mapping[str, dict[str, Any]]) -> bytes:
     per = {name: _groups(b) for name, b in blocks.items()}
     labels = list(dict.fromkeys(k for g in per.values() for k in g))
     with plt.rc_context(_STYLE):
-        fig, ax = _figure(width=max(6.4, 0.7 * len(labels) * max(len(per), 1) ** 0.5 + 2))
+        fig, ax = _figure(width=min(11.0, max(6.4, 0.5 * len(labels) * (1 + 0.5 * len(per)))))
         if not per:
             _empty(ax, "no robustness measured")
             return _png(fig)
@@ -83,5 +83,5 @@ def robustness_plot(blocks: Mapping[str, dict[str, Any]]) -> bytes:
         ax.set_ylim(max(0.0, 10 * math.floor(low / 10) - 5), 100)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title("Accuracy clean, under corruption (mean of severities) and under attack")
+        ax.set_title("Top-1 clean, under corruption (mean of severities), under attack")
         return _png(fig, bottom=_legend_below(fig, ax, len(per)))
