@@ -156,6 +156,12 @@ def test_without_an_attack_model_there_are_no_attack_figures(setup, tmp_path):
     assert own["adversarial"]["source"] == "torch-fp32" and own["adversarial"]["is_source"]
 
 
+def test_every_public_name_exists():
+    import torchslim.evaluation.robustness as robustness
+
+    assert all(hasattr(robustness, name) for name in robustness.__all__)
+
+
 def test_config_checks_itself():
     with pytest.raises(ConfigError, match="severities"):
         RobustnessConfig(severities=(1, 9))

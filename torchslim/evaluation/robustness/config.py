@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchslim.errors import ConfigError
+from torchslim.evaluation.robustness.corruptions import CORRUPTIONS
 
 __all__ = ["RobustnessConfig", "RobustnessLimits", "DEFAULT_CORRUPTIONS"]
 
@@ -59,7 +60,6 @@ class RobustnessConfig:
             raise ConfigError(f"pgd_step_ratio={self.pgd_step_ratio} must be > 0")
         if not 0 < self.alpha < 1:
             raise ConfigError(f"alpha={self.alpha} must be in (0, 1)")
-        from torchslim.evaluation.robustness.corruptions import CORRUPTIONS
         for name in self.corruptions:
             CORRUPTIONS.get(name)  # UnknownNameError listing the known corruptions
 

@@ -4,7 +4,8 @@
 accuracy against confidence per bin, one line per candidate, the diagonal being perfect
 calibration. ``robustness_plot({name: block, ...})`` draws top-1 clean, under each
 corruption (mean over severities) and under each attack, one bar per candidate.
-Not imported by the package's ``__init__``, so loading the metrics never loads matplotlib.
+The package's ``__init__`` does not import this module: it imports ``torchslim.report``,
+which imports ``torchslim.evaluation``, which may import the robustness metrics.
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ def _delta(a: float | None, b: float | None) -> float | None:
 
 
 def _add_deltas(block: dict[str, Any], base: dict[str, Any]) -> None:
-    """``delta_*`` = candidate - baseline, beside each figure both blocks have."""
+    """``delta_*`` = candidate - baseline, beside each figure both blocks have. Under
+    attack the baseline's figure is its worst case (white-box on itself, being the source)."""
     block["delta_clean_top1"] = _delta(block["clean_top1"], base.get("clean_top1"))
     cor, base_cor = block["corruptions"], base.get("corruptions") or {}
     cor["delta_mean_top1"] = _delta(cor["mean_top1"], base_cor.get("mean_top1"))
