@@ -8,27 +8,22 @@ from typing import Any
 
 import pytest
 import serve_helpers as helpers
+from serve_helpers import launch
 
-from torchslim.serve import InferenceServer, ServerConfig
-from torchslim.serve.config_file import build_model_config
+from torchslim.serve import InferenceServer
 
 Start = Callable[..., InferenceServer]
 
 
 @pytest.fixture
-def start(request: pytest.FixtureRequest) -> Iterator[Start]:
-    """``start(models={"name": (source, {options})}, **server_options)`` -> a running
-    server on free ports, stopped (drained) when the test ends."""
+def start() -> Iterator[Start]:
+    """``start(models, **server_options)`` (see ``launch``), stopped (drained) when the
+    test ends."""
     servers: list[InferenceServer] = []
 
-    def _start(models: dict[str, tuple[Path | str, dict[str, Any]]], *,
-               template: Any = None, **server: Any) -> InferenceServer:
-        configs = tuple(build_model_config(name, str(src), opts)
-                        for name, (src, opts) in models.items())
-        options = {"http_port": 0, "grpc_port": 0, "access_log": False, **server}
-        srv = InferenceServer(ServerConfig(models=configs, **options), template=template)
-        servers.append(srv.start())
-        return srv
+    def _start(*args: Any, **kwargs: Any) -> InferenceServer:
+        servers.append(launch(*args, **kwargs))
+        return servers[-1]
 
     yield _start
     for srv in servers:

@@ -11,6 +11,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from torchslim.serve import InferenceServer, ServerConfig
+from torchslim.serve.config_file import build_model_config
+
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -61,6 +64,14 @@ def expected_linear(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return x @ w + b
 
 
+def launch(models: dict[str, tuple[Path | str, dict[str, Any]]], *, template: Any = None,
+           **server: Any) -> InferenceServer:
+    """A running server for ``{"name": (source, {options})}`` on free loopback ports."""
+    configs = tuple(build_model_config(name, str(src), opts) for name, (src, opts) in models.items())
+    options = {"http_port": 0, "grpc_port": 0, "access_log": False, **server}
+    return InferenceServer(ServerConfig(models=configs, **options), template=template).start()
+
+
 def http_client(server: Any, **kwargs: Any) -> Any:
     import tritonclient.http as httpclient
 
@@ -93,3 +104,20 @@ def grpc_input(name: str, array: np.ndarray) -> Any:
 
 def rows(n: int, seed: int = 0, features: int = 4) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, features)).astype(np.float32)
+
+
+def scrape(server: Any) -> str:
+    import httpx
+
+    reply = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics")
+    reply.raise_for_status()
+    return reply.text
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))

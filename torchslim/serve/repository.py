@@ -117,7 +117,7 @@ class ModelRepository:
             try:
                 files = await loop.run_in_executor(None, model_versions, entry.config.source)
             except Exception as e:
-                raise self._failed(entry, f"cannot read {entry.config.source!r}: {_line(e)}") from e
+                raise self._failed(entry, _line(e)) from e
             wanted = entry.config.version_policy.select(files)
             if not wanted:
                 raise self._failed(entry, f"no version of {entry.config.source!r} (found: "

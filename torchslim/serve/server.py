@@ -177,7 +177,9 @@ class InferenceServer:
 
     async def _shutdown(self, http: _Http | None, grpc_server: Any) -> None:
         self.service.draining = True
-        logger.info("shutting down: draining requests in flight")
+        # after a failed start there is nothing to drain: stay quiet, the error speaks
+        log = logger.info if self.service.started else logger.debug
+        log("shutting down: draining requests in flight")
         stopping = []
         if grpc_server is not None:
             stopping.append(grpc_server.stop(self.config.drain_timeout_s))
@@ -191,7 +193,7 @@ class InferenceServer:
         await self.repository.close()
         if http is not None:
             http.sock.close()
-        logger.info("stopped")
+        log("stopped")
 
 
 class _Http:

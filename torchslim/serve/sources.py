@@ -144,7 +144,7 @@ def model_name_for(source: str) -> str:
     if is_reference(source):
         return source.split("@", 1)[0]
     path = Path(source).expanduser().resolve()
-    name = path.stem if path.is_file() else path.name
+    name = path.stem if path.is_file() or runtimes_reading(path.suffix) else path.name
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name).lstrip("-._") or "model"
 
 
