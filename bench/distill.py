@@ -26,9 +26,9 @@ import torch
 from _common import one_line, setup_logging, step, write_results
 from torch import nn
 
+from torchslim import record_of
 from torchslim.data import DataBundle, load_data
 from torchslim.distillation import DistillConfig, distill, distill_chain
-from torchslim.distillation.api import INFO_ATTR
 from torchslim.pipeline.teacher import TeacherRecipe, get_teacher
 from torchslim.train import TrainConfig, accuracy, fit, load_checkpoint
 from torchslim.zoo import build_model
@@ -101,6 +101,12 @@ TRAINERS: dict[str, Callable[[Setup, int], nn.Module]] = {
     "multi-teacher": _multi_teacher, "teacher-assistant": _teacher_assistant}
 
 
+def _teacher_weights(model: nn.Module) -> list[float] | None:
+    """The soft-target weights distillation used (None for a model trained on labels)."""
+    info = record_of(model).distillation
+    return None if info is None else list(info.teacher_weights)
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -163,8 +169,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]
                 runs[method].append({"seed": seed, "top1": accuracy(model, s.data.test),
                                      "val_top1": accuracy(model, s.data.val),
                                      "seconds": time.perf_counter() - t0,
-                                     "teacher_weights": getattr(model, INFO_ATTR, {}).get(
-                                         "teacher_weights")})
+                                     "teacher_weights": _teacher_weights(model)})
             rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]
             write_results(args.out, "distill", args.threads, rows, settings=_settings(args, s))
     rows = [teacher_row] + [_row(m, runs[m], params, errors.get(m)) for m in args.methods]

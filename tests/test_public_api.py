@@ -17,6 +17,7 @@ EXPECTED = {
     "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",
+    "record_of",
     "EvalResult", "evaluate", "write_report",
     "DemoOptions", "run_demo", "Recipe", "load_recipe", "run_recipe",
     "TorchslimError", "ConfigError", "UnknownNameError", "DataNotFoundError",

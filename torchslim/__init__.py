@@ -8,6 +8,7 @@
 >>> torchslim.export(int8, "model-int8.onnx", input_shape=(1, 28, 28))
 """
 
+from torchslim._record import record_of
 from torchslim.config import VERSION as __version__
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import (ArchitectureMismatchError, ArtifactError, CheckpointError,
@@ -43,6 +44,8 @@ __all__ = [
     # runtimes and artifacts
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",
+    # what was done to a model (architecture, pruning, masks, quantization, distillation)
+    "record_of",
     # measuring and reporting
     "EvalResult", "evaluate", "write_report",
     # jobs

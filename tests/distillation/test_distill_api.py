@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim.data import DataBundle
 from torchslim.distillation import DistillConfig, distill, distill_chain, teacher_weights
-from torchslim.distillation.api import INFO_ATTR
+from torchslim import record_of
 from torchslim.distillation.distiller import Distiller
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.train import TrainConfig, accuracy, fit, read_checkpoint, save_checkpoint
@@ -53,7 +53,7 @@ def test_every_loss_term_is_logged_per_epoch(digits: DataBundle, teacher: nn.Mod
                                              student: nn.Module) -> None:
     cfg = DistillConfig(features=["layer3:layer3"], attention=["layer2:layer2"],
                         train=TrainConfig(epochs=2, lr=0.05, max_steps_per_epoch=3))
-    history = getattr(distill(student, teacher, digits, cfg), INFO_ATTR)["history"]
+    history = record_of(distill(student, teacher, digits, cfg)).distillation.history
     assert len(history) == 2
     for epoch in history:
         assert {"train_loss", "train_ce", "train_kd", "train_hint", "train_attention",
@@ -73,7 +73,7 @@ def test_adapters_are_trained_and_not_saved(digits: DataBundle, teacher: nn.Modu
     fit(distiller.module, digits.train, config=QUICK, loss_fn=distiller.loss, callbacks=[distiller])
     assert not torch.equal(start, adapter.weight)          # it was in the optimizer
     trained = distill(student, teacher, digits, cfg)
-    assert getattr(trained, INFO_ATTR)["adapters"] == ["layer3->layer3"]
+    assert record_of(trained).distillation.adapters == ("layer3->layer3",)
     weights, _ = read_checkpoint(save_checkpoint(tmp_path / "s.safetensors", trained))
     assert weights.keys() == student.state_dict().keys()   # no adapter in the student
 
@@ -113,7 +113,7 @@ def test_kd_learns_from_a_teacher_alone(digits: DataBundle, teacher: nn.Module,
     trained = distill(student, teacher, digits, cfg)
     assert accuracy(teacher, digits.val) > 0.8
     assert accuracy(trained, digits.val) > 0.6
-    assert getattr(trained, INFO_ATTR)["history"][-1]["train_ce"] < 1.0
+    assert record_of(trained).distillation.history[-1]["train_ce"] < 1.0
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -141,8 +141,8 @@ def test_multi_teacher_of_different_architectures(digits: DataBundle, teacher: n
     before = [_state(teacher), _state(second)]
     trained = distill(student, [teacher, second], digits,
                       DistillConfig(teacher_weights="accuracy", cache_teacher=True, train=QUICK))
-    info = getattr(trained, INFO_ATTR)
-    assert info["teachers"] == 2 and sum(info["teacher_weights"]) == pytest.approx(1.0)
+    info = record_of(trained).distillation
+    assert info.teachers == 2 and sum(info.teacher_weights) == pytest.approx(1.0)
     assert _bit_identical(before[0], _state(teacher)) and _bit_identical(before[1], _state(second))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from torchslim import record_of
 from torchslim.cli import app
 from torchslim.train import load_checkpoint, save_checkpoint
 from torchslim.zoo import build_model
@@ -52,7 +53,9 @@ def test_distill_writes_the_student_and_a_report(teacher_ckpt: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     student, meta = load_checkpoint(out / "resnet8-student.safetensors")
     assert meta["architecture"]["kwargs"]["width"] == 4
-    assert meta["distillation"]["adapters"] == ["layer3->layer3"]
+    assert meta["record"]["distillation"]["adapters"] == ["layer3->layer3"]
+    assert meta["teacher"].endswith(".safetensors")
+    assert record_of(student).distillation.adapters == ("layer3->layer3",)   # read back
     assert not any(k.startswith("adapters") for k in student.state_dict())
     report = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in report["candidates"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from torchslim import record_of
 from torchslim.errors import CheckpointError, ConfigError
 from torchslim.llm import LLMQuantConfig, quantize_llm, weight_sqnr
 from torchslim.llm.model import QUANT_MANIFEST, load_causal_lm, save_quantized
@@ -51,7 +52,7 @@ def test_quantized_model_saves_and_reloads_exactly(cfg, tiny_llama, tiny_tokeniz
     loaded, tokenizer = load_causal_lm(out)
     assert isinstance(loaded.model.embed_tokens, QuantEmbedding)
     assert isinstance(loaded.lm_head, WeightOnlyLinear)
-    assert loaded.torchslim_quant == cfg
+    assert record_of(loaded).quantization.config == cfg
     assert weight_sqnr(loaded) == weight_sqnr(q)
     with torch.no_grad():
         for ids in (calib_ids[:2], calib_ids[:1, :4]):  # fp32 GEMM path and kernel path

@@ -113,7 +113,8 @@ def test_reload_in_a_new_process_is_as_shallow(tmp_path: Path, outputs_in_a_new_
                                               blocks=("layer1.0", "layer2.1")), example_inputs=X)
     path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
     again, meta = load_checkpoint(path)
-    assert meta["structure"]["layer2.1"] == {"removed": True}
+    assert meta["record"]["structure"]["layer2.1"] == {"removed": True}
+    assert meta["record"]["removed_blocks"] == ["layer1.0", "layer2.1"]
     assert isinstance(again.layer1[0], RemovedBlock) and isinstance(again.layer2[1], RemovedBlock)
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():

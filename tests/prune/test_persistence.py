@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import torchslim
+from torchslim import record_of
 from torchslim.exporters import export_onnx, export_qdq
 from torchslim.prune import ChannelPruneConfig, prune_channels_
 from torchslim.quant.api import qat, quantize
@@ -29,7 +31,22 @@ def test_sidecar_records_channel_counts(tmp_path: Path) -> None:
     model = pruned_resnet()
     path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
     _, meta = read_checkpoint(path)
-    assert meta["structure"]["layer1.0.conv1"]["out_channels"] == model.layer1[0].conv1.out_channels
+    record = meta["record"]
+    assert record["reshaped"] and record["masked"] == [] and record["removed_blocks"] == []
+    assert record["structure"]["layer1.0.conv1"]["out_channels"] == model.layer1[0].conv1.out_channels
+
+
+def test_a_sidecar_from_before_the_record_still_loads(tmp_path: Path) -> None:
+    """Older sidecars held the shapes at the top level (``structure``) and no record."""
+    model = pruned_resnet()
+    path = save_checkpoint(tmp_path / "p.safetensors", model, spec=model_spec(model))
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["structure"] = meta.pop("record")["structure"]
+    sidecar.write_text(json.dumps(meta))
+    again, _ = load_checkpoint(path)
+    assert again.layer3[0].conv1.out_channels == model.layer3[0].conv1.out_channels
+    assert record_of(again).reshaped
 
 
 def test_reload_in_a_new_process_gives_identical_outputs(tmp_path: Path,

@@ -11,6 +11,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from torchslim import record_of
 from torchslim.errors import ConfigError
 from torchslim.exporters import export_onnx, export_qdq
 from torchslim.prune import (GradualSparsity, SparsityConfig, layer_sparsity, nm_mask, prune_,
@@ -22,7 +23,7 @@ from torchslim.zoo import build_model
 
 def masked_zeros(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: m.weight.detach() == 0 for n, m in model.named_modules()
-            if getattr(m, "torchslim_masked", False)}
+            if record_of(m).masked}
 
 
 def test_global_unstructured_hits_the_share_of_weights() -> None:
@@ -106,8 +107,8 @@ def test_gradual_sparsity_reaches_its_target_inside_fit(digits_model) -> None:
     assert levels == sorted(levels) and levels[-1] == pytest.approx(0.6)
     values = list(layer_sparsity(model).values())
     total = sum(v * m.weight.numel() for v, (_, m) in zip(values, [(n, m) for n, m in model.named_modules()
-                                                                  if getattr(m, "torchslim_masked", False)]))
-    assert total / sum(m.weight.numel() for m in model.modules() if getattr(m, "torchslim_masked", False)) \
+                                                                  if record_of(m).masked]))
+    assert total / sum(m.weight.numel() for m in model.modules() if record_of(m).masked) \
         == pytest.approx(0.6, abs=0.01)
 
 

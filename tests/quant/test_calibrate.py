@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from torchslim import record_of
 from torchslim.data import calibration_subset
 from torchslim.errors import ConfigError
 from torchslim.quant import QuantConfig, calibrate_, prepare, quantize
@@ -50,7 +51,7 @@ def test_quantize_returns_a_new_model_and_defaults_example_inputs() -> None:
     before = model.fc1.weight.clone()
     q = quantize(model, calibration=_batches(2), num_batches=2)
     assert q is not model and torch.equal(model.fc1.weight, before)
-    assert q.torchslim_quant["quantized"] == ["fc1", "fc2"]
+    assert record_of(q).quantization.quantized == ("fc1", "fc2")
 
 
 def test_empty_calibration_data_is_a_config_error() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from torchslim import record_of
 from torchslim.errors import UnsupportedModelError
 from torchslim.quant import QuantConfig, prepare
 from torchslim.quant.graph import trace
@@ -65,9 +66,9 @@ def test_traced_module_computes_the_same_function() -> None:
 def test_prepare_keeps_the_untraceable_block_float_and_quantizes_the_rest() -> None:
     with pytest.warns(UserWarning, match="block3.1"):
         prepared = prepare(Net(), QuantConfig(), example_inputs=(torch.randn(2, 1, 6, 6),))
-    info = prepared.torchslim_quant
-    assert info["quantized"] == ["stem.0", "head"]
-    assert info["float"][0][0] == "block3.1" and "cannot trace" in info["float"][0][1]
+    info = record_of(prepared).quantization
+    assert info.quantized == ("stem.0", "head")
+    assert info.kept_float[0][0] == "block3.1" and "cannot trace" in info.kept_float[0][1]
     assert isinstance(prepared.get_submodule("block3.1.conv"), nn.Conv2d)
     assert not hasattr(prepared.get_submodule("block3.1.conv"), "weight_fake_quant")
 

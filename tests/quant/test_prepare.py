@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from torchslim import record_of
 from torchslim.errors import ConfigError
 from torchslim.quant import (FakeQuantize, LayerOverride, QuantConfig, QuantSpec, prepare,
                              set_fake_quant_, set_observers_)
@@ -20,7 +21,7 @@ from torchslim.zoo import build_model
 
 
 def _rules(prepared: nn.Module) -> collections.Counter:
-    return collections.Counter(prepared.torchslim_quant["activation_quantizers"].values())
+    return collections.Counter(record_of(prepared).quantization.activation_quantizers.values())
 
 
 class Toy(nn.Module):
@@ -60,7 +61,7 @@ def test_placement_rules_on_a_hand_built_model() -> None:
     assert "relu_act_fq = self.relu_act_fq(relu)" in code
     assert "fc = self.fc(flatten);" in code and "return fc" in code
     assert isinstance(prepared.conv2, QuantConv2d) and isinstance(prepared.fc, QuantLinear)
-    assert prepared.torchslim_quant["folded_bn"] == ["bn1"]
+    assert record_of(prepared).quantization.folded_bn == ("bn1",)
 
 
 def test_matmul_inputs_and_output_are_quantized_once() -> None:
@@ -89,9 +90,9 @@ def test_zoo_models_prepare_fold_and_match_in_float(name: str, kwargs: dict, siz
     with torch.no_grad():
         torch.testing.assert_close(prepared(x), model(x), atol=1e-4, rtol=1e-4)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
-    info = prepared.torchslim_quant
-    assert info["float"] == [] and len(info["quantized"]) > 5
-    assert all(hasattr(prepared.get_submodule(n), "weight_fake_quant") for n in info["quantized"])
+    info = record_of(prepared).quantization
+    assert info.kept_float == () and len(info.quantized) > 5
+    assert all(hasattr(prepared.get_submodule(n), "weight_fake_quant") for n in info.quantized)
 
 
 def test_depthwise_weights_are_per_channel_s8() -> None:
@@ -109,8 +110,8 @@ def test_skip_first_last_and_overrides() -> None:
     assert not hasattr(prepared.conv1, "weight_fake_quant")
     assert prepared.conv2.weight_fake_quant.spec.bits == 6
     assert prepared.fc.weight_fake_quant.spec.bits == 8
-    info = prepared.torchslim_quant
-    assert info["quantized"] == ["conv2", "fc"] and info["float"][0][0] == "conv1"
+    info = record_of(prepared).quantization
+    assert info.quantized == ("conv2", "fc") and info.kept_float[0][0] == "conv1"
     # The input feeds only the float conv1, so it gets no quantizer; conv2's input still does.
     assert _rules(prepared)["input"] == 0 and _rules(prepared)["input_of"] == 1
 
@@ -119,9 +120,9 @@ def test_skipping_a_block_keeps_it_whole_in_float() -> None:
     model = build_model("resnet8", width=4).eval()
     prepared = prepare(model, QuantConfig(skip=("layer2",)),
                        example_inputs=(torch.randn(1, 1, 8, 8),))
-    assert ("layer2", "in skip list") in prepared.torchslim_quant["float"]
-    assert not any(n.startswith("layer2") for n in prepared.torchslim_quant["quantized"])
-    assert "layer3.0.conv1" in prepared.torchslim_quant["quantized"]
+    assert ("layer2", "in skip list") in record_of(prepared).quantization.kept_float
+    assert not any(n.startswith("layer2") for n in record_of(prepared).quantization.quantized)
+    assert "layer3.0.conv1" in record_of(prepared).quantization.quantized
 
 
 def test_unknown_layer_names_fail_at_prepare_time() -> None:
@@ -149,5 +150,5 @@ def test_prepared_models_deep_copy_with_their_record() -> None:
     x = torch.randn(2, 1, 6, 6)
     prepared = prepare(Toy(), example_inputs=(x,))
     clone = copy.deepcopy(prepared)
-    assert clone.torchslim_quant["quantized"] == ["conv1", "conv2", "fc"]
+    assert record_of(clone).quantization.quantized == ("conv1", "conv2", "fc")
     torch.testing.assert_close(clone(x), prepared(x))

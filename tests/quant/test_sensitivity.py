@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from torchslim import record_of
 from torchslim.data import calibration_subset
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.quant import (LayerSensitivity, QuantConfig, layer_sensitivity,
@@ -34,8 +35,8 @@ def test_one_layer_at_a_time_on_digits(digits: dict[str, Any]) -> None:
     result = layer_sensitivity(digits["model"], QuantConfig(weight=W2), calibration=digits["calib"],
                                data=digits["val"], num_batches=2)
     names = [r.name for r in result]
-    assert sorted(names) == sorted(prepare(digits["model"], example_inputs=(
-        torch.zeros(1, 1, 8, 8),)).torchslim_quant["quantized"])
+    prepared = prepare(digits["model"], example_inputs=(torch.zeros(1, 1, 8, 8),))
+    assert sorted(names) == sorted(record_of(prepared).quantization.quantized)
     drops = [r.metric_drop for r in result]
     assert drops == sorted(drops, reverse=True) and drops[0] > 0  # 2-bit weights hurt somewhere
     assert all(r.sqnr_db > 0 and r.params > 0 for r in result)

@@ -74,7 +74,7 @@ def test_spec_records_defaults_and_is_a_copy() -> None:
 
 
 def test_spec_of_foreign_model() -> None:
-    with pytest.raises(UnsupportedModelError, match="Linear carries no torchslim_spec"):
+    with pytest.raises(UnsupportedModelError, match="Linear records no architecture"):
         model_spec(nn.Linear(2, 2))
 
 

@@ -39,7 +39,7 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
 
     from torchslim.data import load_data
     from torchslim.distillation import DistillConfig, build_student, distill, scaled_like
-    from torchslim.distillation.api import INFO_ATTR
+    from torchslim._record import record_of
     from torchslim.report import print_table
     from torchslim.train import TrainConfig, load_checkpoint, save_checkpoint
     from torchslim.zoo import model_spec
@@ -63,10 +63,11 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
                             num_classes=bundle.info.num_classes,
                             in_channels=bundle.info.input_shape[0], **kwargs)
     trained = distill(net, teacher_model, bundle, config)
-    info = getattr(trained, INFO_ATTR)
+    info = record_of(trained).distillation.to_json()
     spec = model_spec(trained)
+    # the sidecar's record holds the distillation; the teacher's path is this command's
     path = save_checkpoint(out / f"{spec['name']}-student.safetensors", trained, spec=spec,
-                           dataset=dataset, distillation={"teacher": str(teacher), **info})
+                           dataset=dataset, teacher=str(teacher))
     results, paths = _report(teacher_model, trained, bundle, info, out=out, threads=threads,
                              batch_sizes=sizes, names=(teacher.stem, spec["name"]))
     print_table(results, console=out_console)

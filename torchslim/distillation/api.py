@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from torchslim._record import Distillation, update_
 from torchslim.data import DataBundle
 from torchslim.distillation.config import DistillConfig
 from torchslim.distillation.distiller import Distiller
@@ -17,12 +18,9 @@ from torchslim.distillation.teachers import frozen, teacher_weights
 from torchslim.errors import ConfigError
 from torchslim.train import fit
 
-__all__ = ["distill", "distill_chain", "INFO_ATTR"]
+__all__ = ["distill", "distill_chain"]
 
 logger = logging.getLogger(__name__)
-
-INFO_ATTR = "torchslim_distill"   # what the trained student carries: weights, history, config
-
 
 def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module],
             data: DataBundle | Iterable[tuple[Tensor, Tensor]],
@@ -31,9 +29,9 @@ def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module],
     targets are mixed) and return it; ``student`` and the teachers are left unchanged.
 
     ``data`` is a ``DataBundle`` (its ``val`` split gives per-epoch validation top-1 and the
-    multi-teacher weights) or a training loader of (x, y) batches. The returned student
-    carries ``torchslim_distill``: the teacher weights used, the config, and the per-epoch
-    history with every loss term (``train_kd``, ``train_ce``, ``train_hint``, ...).
+    multi-teacher weights) or a training loader of (x, y) batches. The returned student's
+    ``record_of(student).distillation`` holds the teacher weights used, the config and the
+    per-epoch history with every loss term (``train_kd``, ``train_ce``, ``train_hint``, ...).
     """
     if not isinstance(config, DistillConfig):
         raise ConfigError(f"config must be a torchslim.DistillConfig, not {type(config).__name__}")
@@ -51,9 +49,10 @@ def distill(student: nn.Module, teacher: nn.Module | Sequence[nn.Module],
         finally:
             distiller.close()
     trained.train(student.training)
-    setattr(trained, INFO_ATTR, {"teachers": len(teachers), "teacher_weights": weights,
-                                 "adapters": sorted(distiller.module.adapters.keys()),
-                                 "config": _jsonable(asdict(config)), "history": history})
+    update_(trained, distillation=Distillation(
+        teachers=len(teachers), teacher_weights=tuple(weights),
+        adapters=tuple(sorted(distiller.module.adapters.keys())),
+        config=_jsonable(asdict(config)), history=tuple(history)))
     logger.info("distilled %s from %d teacher(s): val top-1 %s", type(student).__name__,
                 len(teachers), history[-1].get("val_top1") if history else None)
     return trained

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim._progress import track
+from torchslim._record import Quantization, update_
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.llm.algorithms import ALGORITHMS, replace_linear
 from torchslim.llm.calibrate import calibrate_layers, decoder_layers
@@ -128,7 +129,7 @@ def _quantize_(new: nn.Module, cfg: LLMQuantConfig, *, calibration: Calibration 
                 algorithm.apply(layer, {}, cfg, lambda n, p=f"{prefix}.{i}": skipped(f"{p}.{n}"))
         if cfg.lm_head:
             _quantize_head_(new, skip)
-    new.torchslim_quant = cfg  # read by save_quantized
+    update_(new, quantization=Quantization(config=cfg, quantized=tuple(quantized_layers(new))))
     logger.info("%s: %d Linear layers quantized", cfg.label, len(quantized_layers(new)))
     return new
 

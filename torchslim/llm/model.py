@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from torchslim import _io
+from torchslim._record import Quantization, record_of, update_
 from torchslim.errors import CheckpointError, ConfigError, MissingDependencyError
 from torchslim.llm.algorithms import replace_linear
 from torchslim.llm.config import LLMQuantConfig
@@ -119,7 +120,8 @@ def _manifest(model: nn.Module) -> dict[str, Any]:
             source = next(n for n, s in model.named_modules() if s is m.source)
             modules[name] = {"kind": "tied_embedding", "source": source,
                              "padding_idx": m.padding_idx}
-    cfg = getattr(model, "torchslim_quant", None)
+    info = record_of(model).quantization
+    cfg = info.config if info is not None and isinstance(info.config, LLMQuantConfig) else None
     return {"format": _FORMAT, "config": dataclasses.asdict(cfg) if cfg else None,
             "modules": modules}
 
@@ -185,8 +187,10 @@ def _load_quantized(directory: Path, tf: Any) -> nn.Module:
         raise CheckpointError(f"{directory}: weights do not fit the architecture (missing "
                               f"{missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     if manifest.get("config"):
-        model.torchslim_quant = LLMQuantConfig(**{
-            k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
+        cfg = LLMQuantConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in manifest["config"].items()})
+        quantized = tuple(n for n, s in modules.items() if s["kind"] in ("weight_only", "w8a8"))
+        update_(model, quantization=Quantization(config=cfg, quantized=quantized))
     return model.eval()
 
 

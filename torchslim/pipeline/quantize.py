@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim._record import record_of
 from torchslim._registry import Registry
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
@@ -166,8 +167,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
 
 
 def _describe(prepared: nn.Module, job: QuantizeJob) -> dict[str, Any]:
-    info = getattr(prepared, "torchslim_quant", {}) or {}
+    info = record_of(prepared).quantization
     return {"method": job.method, "weight_bits": job.bits, "activation_bits": 8,
             "observer": job.observer, "calibration_images": job.calib_batches * CALIB_BATCH,
-            "quantized_layers": list(info.get("quantized", [])),
-            "float_layers": [str(x) for x in info.get("float", [])]}
+            "quantized_layers": list(info.quantized) if info else [],
+            "float_layers": [str(x) for x in info.kept_float] if info else []}

@@ -17,8 +17,7 @@ from torchslim.data import DataBundle, DatasetInfo, dataset_names, load_data
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import Recipe, resolve_entry_point
 from torchslim.train import TrainConfig, load_checkpoint, read_checkpoint
-from torchslim.train.checkpoint import RESHAPED_ATTR, load_state_
-from torchslim.train.structure import STRUCTURE_KEY, restructure_
+from torchslim.train.checkpoint import load_state_, rebuild_
 
 __all__ = ["load_data_for", "load_model_for", "load_float"]
 
@@ -109,9 +108,6 @@ def load_float(path: Path, builder: Builder) -> nn.Module:
     state, meta = read_checkpoint(path)
     if (meta.get("architecture") or {}).get("name") or builder is None:
         return load_checkpoint(path)[0]
-    model = builder()
-    if meta.get(STRUCTURE_KEY):
-        restructure_(model, meta[STRUCTURE_KEY], state)
-        setattr(model, RESHAPED_ATTR, True)
+    model = rebuild_(builder(), meta, state)
     load_state_(model, state, source=str(path))
     return model.eval()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._record import record_of
 from torchslim._registry import Registry
 from torchslim.data import DataBundle
 from torchslim.errors import ConfigError
@@ -96,7 +97,7 @@ def _distill(state: State, opts: DistillOptions, ctx: StageContext, out: Path) -
         student = build_student(opts.student, width_mult=opts.width_mult,
                                 depth_mult=opts.depth_mult, num_classes=info.num_classes,
                                 in_channels=info.input_shape[0])
-    elif getattr(ctx.teacher, "torchslim_spec", None):
+    elif record_of(ctx.teacher).architecture:
         student = scaled_like(ctx.teacher, opts.width_mult, depth_mult=opts.depth_mult)
     else:
         raise ConfigError("distill: the teacher is not a zoo model, so its architecture "
@@ -105,8 +106,8 @@ def _distill(state: State, opts: DistillOptions, ctx: StageContext, out: Path) -
                           max_steps_per_epoch=opts.max_steps_per_epoch)
     config = DistillConfig(temperature=opts.temperature, alpha=opts.alpha, train=train)
     trained = distill(student, ctx.teacher, ctx.data, config)
-    info_attr = getattr(trained, "torchslim_distill", {})
-    return _float_state(trained, ctx, out, {"history": info_attr.get("history", [])})
+    info = record_of(trained).distillation
+    return _float_state(trained, ctx, out, {"history": list(info.history) if info else []})
 
 
 @STAGES.register("prune")
@@ -158,10 +159,10 @@ def _quantize(state: State, opts: QuantizeOptions, ctx: StageContext, out: Path)
     prepared = quantize_model(state.model, ctx.data, job)
     path = METHODS.get(opts.method)[1](prepared, out / ARTIFACT, input_shape=ctx.input_shape)
     precision = "int8" if opts.bits == 8 else f"w{opts.bits}a8"
-    info = getattr(prepared, "torchslim_quant", {}) or {}
+    info = record_of(prepared).quantization
     record = {"method": opts.method, "weight_bits": opts.bits, "observer": opts.observer,
               "float_layers": list(job.skip), "sensitive_layers_kept": sensitive,
-              "quantized_layers": len(list(info.get("quantized", [])))}
+              "quantized_layers": len(info.quantized) if info else 0}
     return State(model=state.model, artifact=path, precision=precision, record=record)
 
 

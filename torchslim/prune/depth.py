@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from torchslim._record import RemovedBlock, update_
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.prune.graph import forward_once
-from torchslim.train.structure import RemovedBlock
 
 __all__ = ["BLOCK_IMPORTANCE", "RemovedBlock", "block_importance", "remove_blocks_",
            "residual_blocks"]
@@ -121,6 +121,8 @@ def remove_blocks_(model: nn.Module, blocks: int | Sequence[str], *, example_inp
                     + f"removable: {', '.join(candidates) or 'none'}")
     for name in chosen:
         model.set_submodule(name, RemovedBlock())
+    if chosen:  # a checkpoint must record the shallower structure
+        update_(model, reshaped=True)
     logger.info("removed %d residual block(s): %s", len(chosen), ", ".join(chosen))
     return [n for n in candidates if n in chosen]
 

@@ -1,7 +1,7 @@
 """Unstructured and N:M weight masks that survive fine-tuning, QAT and export.
 
 ``sparsify_`` zeroes weights of conv/linear layers and marks those layers
-(``torchslim_masked``); ``fit`` then keeps the zeros exactly zero (see
+(``record_of(layer).masked``); ``fit`` then keeps the zeros exactly zero (see
 ``torchslim.train.masks``), QAT inherits them, and exporters write them as zeros, so the
 artifact compresses.
 """
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
 from torchslim.prune.importance import accumulate_gradients_
-from torchslim.train.masks import MASKED_ATTR
+from torchslim._record import record_of, update_
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ def apply_masks_(model: nn.Module, masks: dict[str, Tensor]) -> dict[str, float]
         for name, keep in masks.items():
             layer = modules[name]
             layer.weight.mul_(keep.to(layer.weight.dtype))
-            setattr(layer, MASKED_ATTR, True)
+            update_(layer, masked=True)
     return layer_sparsity(model)
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Share of exactly-zero weights per masked layer."""
     return {name: round(float((m.weight == 0).float().mean()), 6)
-            for name, m in model.named_modules() if getattr(m, MASKED_ATTR, False)}
+            for name, m in model.named_modules() if record_of(m).masked}
 
 
 def nm_mask(score: Tensor, n: int, m: int) -> Tensor:

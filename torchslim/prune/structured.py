@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchslim._record import update_
 from torchslim.errors import ConfigError
 from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune.depth import BLOCK_IMPORTANCE, remove_blocks_
 from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member, forward_once
 from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs_gradients,
                                         normalized)
-from torchslim.train.checkpoint import RESHAPED_ATTR
 
 __all__ = ["SCOPES", "ChannelPruneConfig", "PruneResult", "CostModel", "prune_channels_",
            "remove_blocks_first_", "plan_ratios", "layer_shapes", "shape_changes"]
@@ -136,7 +136,7 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
     cost = CostModel(model, graph.groups, example_inputs)
     plan = _choose(config, graph.groups, scores, cost) if not _reached(config) else {}
     graph.prune_(plan)
-    setattr(model, RESHAPED_ATTR, True)
+    update_(model, reshaped=True)
     result = PruneResult(macs0, count_macs(model, input_shape), params0, count_params(model),
                          layers=shape_changes(before, layer_shapes(model)),
                          groups={g.name: {"before": g.size, "after": g.size - len(plan.get(g.name, []))}
@@ -159,7 +159,6 @@ def remove_blocks_first_(model: nn.Module, config: ChannelPruneConfig, *, exampl
     macs0, params0 = count_macs(model, shape), count_params(model)
     removed = remove_blocks_(model, config.blocks, example_inputs=example_inputs, data=data,
                              criterion=config.block_importance)
-    setattr(model, RESHAPED_ATTR, True)
     mac_ratio, param_ratio = count_macs(model, shape) / macs0, count_params(model) / params0
     if config.target_macs is not None:
         return removed, replace(config, blocks=0, target_macs=min(1.0, config.target_macs / mac_ratio))

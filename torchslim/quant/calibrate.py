@@ -53,7 +53,7 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     Runs bias correction afterwards when the prepared config asks for it. In place;
     returns ``prepared`` for chaining.
     """
-    config = quant_info(prepared)["config"]
+    config = quant_info(prepared).config
     was_training = prepared.training
     prepared.eval()
     set_fake_quant_(prepared, False)
@@ -93,7 +93,7 @@ def bias_correct_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int 
     """
     info = quant_info(prepared)
     device = _device(prepared)
-    for name in info["quantized"]:
+    for name in info.quantized:
         layer = prepared.get_submodule(name)
         if type(layer) not in _QUANT_LAYERS:  # e.g. QuantConvBn during QAT: nothing to fix
             continue
@@ -114,7 +114,7 @@ def bias_correct_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int 
         if total is None:
             continue
         _add_to_bias(layer, total / count)
-    logger.info("bias-corrected %d layers", len(info["quantized"]))
+    logger.info("bias-corrected %d layers", len(info.quantized))
     return prepared
 
 

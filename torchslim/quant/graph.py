@@ -81,7 +81,7 @@ def trace(model: nn.Module, *, leaves: Iterable[str] = ()) -> tuple[fx.GraphModu
             leaf = UntraceableLeaf(name, reason)
             untraceable.append(leaf)
             # A warning (not only a log line): a float block changes speed and accuracy, and
-            # the user should see it even with logging unconfigured. Also in torchslim_quant.
+            # the user should see it even with logging unconfigured. Also in the record.
             warnings.warn(f"kept in float: {name} (cannot trace: {reason})", stacklevel=2)
             logger.debug("retracing with %s as a leaf", name)
             continue

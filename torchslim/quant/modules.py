@@ -13,6 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from torchslim._record import carry_
+
 __all__ = ["QuantConv1d", "QuantConv2d", "QuantLinear", "QUANT_MODULES", "to_quant_module"]
 
 
@@ -20,8 +22,7 @@ def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> 
     new.weight = old.weight          # share the Parameter: QAT trains the same tensor
     new.bias = old.bias
     new.weight_fake_quant = weight_fake_quant
-    if getattr(old, "torchslim_masked", False):  # pruning mask: QAT keeps the zeros
-        new.torchslim_masked = True
+    carry_(old, new)  # a pruning mask stays marked: QAT keeps the zeros
     new.train(old.training)
     return new
 

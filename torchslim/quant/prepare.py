@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from torchslim._record import Quantization, carry_, record_of
 from torchslim.errors import ConfigError
 from torchslim.quant.config import LayerPlan, QuantConfig, check_names, matches, resolve_layers
 from torchslim.quant.fake_quant import FakeQuantize
@@ -55,8 +56,8 @@ def prepare(model: nn.Module, config: QuantConfig = QuantConfig(), *,
     """A new, quantization-ready copy of ``model`` (the input is left untouched).
 
     The result is in eval mode with observers on and fake quantization off, ready for
-    ``calibrate_``; ``result.torchslim_quant`` records the config, the quantized layers and
-    the layers kept in float with the reason. BatchNorm is folded into the convs, or with
+    ``calibrate_``; ``record_of(result).quantization`` holds the config, the quantized layers
+    and the layers kept in float with the reason. BatchNorm is folded into the convs, or with
     ``simulate_bn`` (QAT only) kept beside them in ``QuantConvBn`` modules until
     ``fold_simulated_bn_``.
     """
@@ -81,43 +82,35 @@ def prepare(model: nn.Module, config: QuantConfig = QuantConfig(), *,
     _check_runs(gm, example_inputs)
     set_observers_(gm, True)
     set_fake_quant_(gm, False)
-    _attach(gm, _record(gm, config, plans, untraceable, opaque, folded, rules))
+    info = _record(gm, config, plans, untraceable, opaque, folded, rules)
+    carry_(model, gm, quantization=info)  # the float model's record, plus what was done
     logger.info("prepared %d quantized layers, %d kept in float, %d activation quantizers",
-                len(gm.torchslim_quant["quantized"]), len(gm.torchslim_quant["float"]),
-                len(rules))
+                len(info.quantized), len(info.kept_float), len(rules))
     return gm
 
 
 def _record(gm: fx.GraphModule, config: QuantConfig, plans: dict[str, LayerPlan],
             untraceable: list[UntraceableLeaf], opaque: list[str], folded: list[str],
-            rules: dict[str, str]) -> dict[str, Any]:
-    """What preparation did, for the exporter, sensitivity analysis and the report."""
+            rules: dict[str, str]) -> Quantization:
+    """What preparation did, for calibration, the exporter, sensitivity and the report."""
     floats = [(str(leaf), f"cannot trace: {leaf.reason}") for leaf in untraceable]
     floats += [(name, "in skip list") for name in opaque]
     floats += [(name, plan.reason) for name, plan in plans.items() if plan.weight is None]
-    return {
-        "config": config,
-        "quantized": [name for name, plan in plans.items() if plan.weight is not None],
-        "float": floats,  # [(name, reason)]
-        "folded_bn": folded,
-        "activation_quantizers": rules,  # {module name: placement rule}
-        "layer_inputs": _layer_inputs(gm, plans),  # {layer: [its input quantizer]}
-    }
+    return Quantization(
+        config=config,
+        quantized=tuple(name for name, plan in plans.items() if plan.weight is not None),
+        kept_float=tuple(floats),
+        folded_bn=tuple(folded),
+        activation_quantizers=dict(rules),  # {module name: placement rule}
+        layer_inputs={k: tuple(v) for k, v in _layer_inputs(gm, plans).items()})
 
 
-def _attach(gm: fx.GraphModule, record: dict[str, Any]) -> None:
-    """``gm.torchslim_quant = record``, kept by ``copy.deepcopy`` (which rebuilds a
-    GraphModule from its graph and drops other attributes unless fx is told to keep them)."""
-    gm.torchslim_quant = record  # type: ignore[assignment]
-    gm.meta.setdefault("_user_preserved_attributes", {})["torchslim_quant"] = record
-
-
-def quant_info(model: nn.Module) -> dict[str, Any]:
-    """The ``torchslim_quant`` record of a prepared model."""
-    info = getattr(model, "torchslim_quant", None)
-    if not isinstance(info, dict):
-        raise ConfigError(f"{type(model).__name__} is not a prepared model: call "
-                          "torchslim.quant.prepare(model, config, example_inputs=...) first")
+def quant_info(model: nn.Module) -> Quantization:
+    """The quantization record of a model prepared for static quantization."""
+    info = record_of(model).quantization
+    if info is None or not isinstance(info.config, QuantConfig):
+        raise ConfigError(f"{type(model).__name__} is not prepared for static quantization: "
+                          "call torchslim.quant.prepare(model, config, example_inputs=...) first")
     return info
 
 

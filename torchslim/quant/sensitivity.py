@@ -97,9 +97,9 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig = QuantConfig(), *,
     ref, labels = _run(prepared, evals)
     ref_score = score(ref, labels)
     results = []
-    for name in _progress.track(info["quantized"], description="sensitivity",
-                                total=len(info["quantized"])):
-        group = [f"{name}.weight_fake_quant", *info["layer_inputs"].get(name, [])]
+    for name in _progress.track(info.quantized, description="sensitivity",
+                                total=len(info.quantized)):
+        group = [f"{name}.weight_fake_quant", *info.layer_inputs.get(name, ())]
         for q in group:
             quantizers[q].enable_fake_quant(True)
         out, _ = _run(prepared, evals)

@@ -1,8 +1,10 @@
 """Checkpoints: weights in safetensors, a JSON sidecar that says how to rebuild the model.
 
 ``teacher.safetensors`` holds the state dict (no pickle) and, in its metadata, a copy of
-the sidecar; ``teacher.json`` beside it records the architecture name and arguments,
-dataset, metrics and torchslim version. Both are written atomically.
+the sidecar; ``teacher.json`` beside it records the architecture name and arguments, the
+model's record (``torchslim._record``: reshaped layers with their shapes, removed blocks,
+masked layers, distillation), dataset, metrics and torchslim version. Both are written
+atomically. Sidecars written before the record (``structure`` at the top level) still load.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from torchslim import _io
+from torchslim import _io, _record
 from torchslim.config import VERSION
 from torchslim.errors import ArchitectureMismatchError, CheckpointError
-from torchslim.train.structure import STRUCTURE_KEY, restructure_, structure_of
+from torchslim.train.structure import restructure_, structure_of
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_checkpoint", "load", "load_weights_",
+           "load_state_", "rebuild_", "record_json", "weights_path"]
 
 META_KEY = "torchslim"
-# Set on a model whose layer shapes differ from its architecture's (structured pruning).
-RESHAPED_ATTR = "torchslim_reshaped"
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -43,9 +46,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
                     spec: dict[str, Any] | None = None, **meta: Any) -> Path:
     """Write ``path`` (.safetensors) and its ``.json`` sidecar; returns the weights path."""
     target = Path(path).with_suffix(".safetensors")
-    sidecar = {"torchslim_version": VERSION, "architecture": spec or _spec_of(model), **meta}
-    if getattr(model, RESHAPED_ATTR, False):  # pruned: record the new channel counts
-        sidecar[STRUCTURE_KEY] = structure_of(model)
+    sidecar = {"torchslim_version": VERSION, "architecture": spec or _spec_of(model),
+               "record": record_json(model), **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = st_save(state, metadata={META_KEY: json.dumps(sidecar)})
     _io.write_bytes(target, data)
@@ -87,11 +89,29 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     if "name" not in spec:
         raise CheckpointError(f"{weights_path(path)} records no architecture name")
     model = build_model(spec["name"], **spec.get("kwargs", {}))
-    if meta.get(STRUCTURE_KEY):
-        restructure_(model, meta[STRUCTURE_KEY], state)
-        setattr(model, RESHAPED_ATTR, True)
+    rebuild_(model, meta, state)
     load_state_(model, state, source=str(weights_path(path)))
     return model.eval(), meta
+
+
+def record_json(model: nn.Module) -> dict[str, Any]:
+    """The sidecar's ``record``: ``_record.to_json`` plus, for a reshaped model, every
+    module's shape (``structure``), which ``rebuild_`` needs to resize a fresh model."""
+    out = _record.to_json(model)
+    if out["reshaped"]:
+        out["structure"] = structure_of(model)
+    return out
+
+
+def rebuild_(model: nn.Module, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """Give a freshly built ``model`` what the sidecar ``meta`` records: its pruned shapes
+    and removed blocks (``state``'s tensor shapes), masked layers and distillation."""
+    record = dict(meta.get("record") or {})
+    structure = record.get("structure") or meta.get("structure")  # older sidecars: top level
+    if structure:
+        restructure_(model, structure, state)
+        record["reshaped"] = True
+    return _record.restore_(model, record)
 
 
 def load(path: str | os.PathLike[str]) -> nn.Module:
@@ -139,5 +159,5 @@ def _metadata(data: bytes) -> dict[str, Any]:
 
 
 def _spec_of(model: nn.Module) -> dict[str, Any]:
-    spec = getattr(model, "torchslim_spec", None)
+    spec = _record.record_of(model).architecture
     return dict(spec) if spec else {"name": None, "class": type(model).__name__}

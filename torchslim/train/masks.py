@@ -1,8 +1,8 @@
 """Pruning masks survive training: weights that were pruned to zero stay exactly zero.
 
-A layer whose zeros are a mask carries ``torchslim_masked = True`` (set by
-``torchslim.prune.sparsify_``; the attribute survives ``copy.deepcopy``, FX tracing and
-the quantized-module swap). ``fit`` then adds ``KeepMasks``, which records the zero
+A layer whose zeros are a mask has ``record_of(layer).masked`` (set by
+``torchslim.prune.sparsify_``; the record survives ``copy.deepcopy``, FX tracing and the
+quantized-module swap, and checkpoints keep it). ``fit`` then adds ``KeepMasks``, which records the zero
 pattern when training starts and re-applies it after every optimizer step, so momentum
 or weight decay cannot revive a pruned weight and QAT sees the same zeros.
 """
@@ -10,16 +10,11 @@ or weight decay cannot revive a pruned weight and QAT sees the same zeros.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from torchslim._record import masked_layers
 from torchslim.train.callbacks import Callback, TrainState
 
-MASKED_ATTR = "torchslim_masked"
-
-
-def masked_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules()
-            if getattr(m, MASKED_ATTR, False) and isinstance(getattr(m, "weight", None), torch.Tensor)]
+__all__ = ["KeepMasks", "masked_layers"]
 
 
 class KeepMasks(Callback):

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._record import RemovedBlock
 from torchslim.errors import ArchitectureMismatchError
 
-STRUCTURE_KEY = "structure"
+__all__ = ["SHAPE_ATTRS", "RemovedBlock", "structure_of", "restructure_"]
+
 # Attributes that define a module's parameter shapes, per module type.
 SHAPE_ATTRS: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (nn.modules.conv._ConvNd, ("in_channels", "out_channels", "groups")),
@@ -27,11 +29,6 @@ SHAPE_ATTRS: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
     (nn.PReLU, ("num_parameters",)),
     (nn.Embedding, ("num_embeddings", "embedding_dim")),
 )
-
-
-class RemovedBlock(nn.Identity):
-    """Where depth pruning removed a residual block (``torchslim.prune.remove_blocks_``).
-    ``structure_of`` records it, so that a reloaded model is as shallow as the saved one."""
 
 
 REMOVED = {"removed": True}

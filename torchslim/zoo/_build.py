@@ -1,8 +1,8 @@
 """The model registry and the one entry point that builds from it.
 
-Every model is built by name with keyword arguments, and the model remembers both
-(``model.torchslim_spec``), so a checkpoint can record how to rebuild its architecture
-without pickling code.
+Every model is built by name with keyword arguments, and the model's record remembers both
+(``record_of(model).architecture``), so a checkpoint can record how to rebuild its
+architecture without pickling code.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Any
 
 from torch import nn
 
+from torchslim._record import record_of, update_
 from torchslim._registry import Registry
 from torchslim.errors import ConfigError, UnsupportedModelError
 
-__all__ = ["MODELS", "build_model", "list_models", "model_spec", "SPEC_ATTR"]
-
-SPEC_ATTR = "torchslim_spec"
+__all__ = ["MODELS", "build_model", "list_models", "model_spec"]
 
 # name -> builder(*, num_classes, in_channels, **kwargs) -> nn.Module
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -57,17 +56,17 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int = 1,
     builder = MODELS.get(name)
     full = _bind(name, builder, {"num_classes": num_classes, "in_channels": in_channels, **kwargs})
     model = builder(**full)
-    setattr(model, SPEC_ATTR, {"name": name, "kwargs": full})
+    update_(model, architecture={"name": name, "kwargs": full})
     return model
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """``{"name": ..., "kwargs": {...}}`` such that ``build_model(name, **kwargs)`` rebuilds
     the architecture of ``model`` (a copy: editing it leaves the model alone)."""
-    spec = getattr(model, SPEC_ATTR, None)
-    if not isinstance(spec, dict) or "name" not in spec:
+    spec = record_of(model).architecture
+    if not spec or "name" not in spec:
         raise UnsupportedModelError(
-            f"{type(model).__name__} carries no {SPEC_ATTR}: it was not built by "
+            f"{type(model).__name__} records no architecture: it was not built by "
             "torchslim.zoo.build_model, so its architecture cannot be recorded; "
             "build it with build_model(name, ...) or save its weights with your own code")
-    return copy.deepcopy(spec)
+    return copy.deepcopy(dict(spec))
