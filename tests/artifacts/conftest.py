@@ -54,13 +54,14 @@ def copy_of(tmp_path: Path, exported: dict[str, Path]) -> Callable[[str], Path]:
     return copy
 
 
-def write_tiny_onnx(path: Path, k: float, *, external: bool = False) -> Path:
-    """y = x + k for x of shape (batch, 4): a valid model whose bytes depend on k."""
-    const = numpy_helper.from_array(np.full((4,), k, dtype=np.float32), "k")
+def write_tiny_onnx(path: Path, k: float, *, external: bool = False, width: int = 4) -> Path:
+    """y = x + k for x of shape (batch, width): a valid model whose bytes depend on k
+    (``width`` floats of weights: 4 for speed, more for a file of several chunks)."""
+    const = numpy_helper.from_array(np.full((width,), k, dtype=np.float32), "k")
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "k"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [const])
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], [const])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +76,10 @@ def write_tiny_onnx(path: Path, k: float, *, external: bool = False) -> Path:
 
 @pytest.fixture
 def tiny_onnx(tmp_path: Path) -> Callable[..., Path]:
-    """``tiny_onnx(k, name="m", **manifest_fields)``: a tiny ONNX file with its manifest."""
-    def make(k: float, name: str = "m", **fields: object) -> Path:
-        path = write_tiny_onnx(tmp_path / f"{name}-{k}" / f"{name}.onnx", k)
+    """``tiny_onnx(k, name="m", width=4, **manifest_fields)``: a tiny ONNX file with its
+    manifest."""
+    def make(k: float, name: str = "m", width: int = 4, **fields: object) -> Path:
+        path = write_tiny_onnx(tmp_path / f"{name}-{k}" / f"{name}.onnx", k, width=width)
         write_manifest(path, **fields)
         return path
     return make

@@ -21,6 +21,11 @@ RefArg = Annotated[str, typer.Argument(help="NAME, NAME@VERSION or NAME@ALIAS.")
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
+def _say(text: str) -> None:
+    """One unwrapped, unhighlighted output line (scripts parse these)."""
+    out_console.print(text, highlight=False, soft_wrap=True)
+
+
 def _open(root: Path | None) -> Any:
     from torchslim.artifacts.registry import ModelRegistry
 
@@ -52,8 +57,7 @@ def push(path: Annotated[Path, typer.Argument(help="Artifact with a manifest (or
     info = _open(registry).push(path, name, version=version, bump=bump, parent=parent,
                                 relation=relation, aliases=alias or (), tags=_tags(tag),
                                 description=description)
-    out_console.print(f"{info.ref}  {info.digest}" + (f"  (parent {info.parent})"
-                                                      if info.parent else ""), highlight=False)
+    _say(f"{info.ref}  {info.digest}" + (f"  (parent {info.parent})" if info.parent else ""))
 
 
 @command("list", on=registry_app)
@@ -66,7 +70,9 @@ def list_(name: Annotated[Optional[str], typer.Argument(help="Only this model's 
     if as_json:
         out_console.print_json(json.dumps([_summary(i) for i in infos]))
         return
-    table = Table("version", "format", "precision", "bytes", "relation", "parent", "aliases")
+    table = Table()
+    for column in ("version", "format", "precision", "bytes", "relation", "parent", "aliases"):
+        table.add_column(column, no_wrap=column in ("version", "parent"))
     for i in infos:
         table.add_row(i.ref, i.manifest.format, i.manifest.precision or "", f"{i.size:,}",
                       i.relation or "", i.parent or "", ", ".join(i.aliases))
@@ -92,7 +98,7 @@ def show(ref: RefArg, as_json: AsJson = False, registry: Root = None) -> None:
         lines += [f"output   {s.name} {s.dtype} {s.shape}" for s in m.signature.outputs]
     lines += [f"measured {x.runtime} top-1 {x.top1} p50 "
               f"{ {b: s.get('p50') for b, s in x.latency_ms.items()} }" for x in m.metrics]
-    out_console.print("\n".join(lines), highlight=False)
+    _say("\n".join(lines))
 
 
 def _summary(info: Any) -> dict[str, Any]:
@@ -110,7 +116,7 @@ def lineage(ref: RefArg, as_json: AsJson = False, registry: Root = None) -> None
     if as_json:
         out_console.print_json(json.dumps(found.to_dict()))
     else:
-        out_console.print("\n".join(found.lines()), highlight=False)
+        _say("\n".join(found.lines()))
 
 
 @command("alias", on=registry_app)
@@ -122,17 +128,17 @@ def alias(ref: Annotated[str, typer.Argument(help="NAME@VERSION to point at (NAM
     reg = _open(registry)
     if delete:
         reg.unalias(ref.split("@")[0], name)
-        out_console.print(f"removed {ref.split('@')[0]}@{name}", highlight=False)
+        _say(f"removed {ref.split('@')[0]}@{name}")
         return
     info = reg.alias(ref, name)
-    out_console.print(f"{info.name}@{name} -> {info.version}", highlight=False)
+    _say(f"{info.name}@{name} -> {info.version}")
 
 
 @command("pull", on=registry_app)
 def pull(ref: RefArg, dest: Annotated[Path, typer.Argument(help="Directory to write the files and manifest into.")],
          registry: Root = None) -> None:
     """Write a version's files (verified against their digests) into a directory."""
-    out_console.print(str(_open(registry).pull(ref, dest)), highlight=False)
+    _say(str(_open(registry).pull(ref, dest)))
 
 
 @command("verify", on=registry_app)
@@ -140,12 +146,11 @@ def verify(registry: Root = None) -> None:
     """Recompute every digest; report tampered or missing blobs and a damaged index."""
     report = _open(registry).verify()
     for problem in report.problems:
-        out_console.print(problem, highlight=False, soft_wrap=True)
+        _say(problem)
     if not report.ok:
         raise IntegrityError(f"registry {report.root}: {len(report.problems)} problem(s), "
                              f"first: {report.problems[0]}")
-    out_console.print(f"ok: {report.versions} versions, {report.blobs} blobs verified",
-                      highlight=False)
+    _say(f"ok: {report.versions} versions, {report.blobs} blobs verified")
 
 
 @command("rm", on=registry_app)
@@ -153,23 +158,22 @@ def rm(ref: RefArg, force: Annotated[bool, typer.Option("--force", help="Remove 
        registry: Root = None) -> None:
     """Remove one version (its blobs go at the next gc)."""
     info = _open(registry).rm(ref, force=force)
-    out_console.print(f"removed {info.ref}", highlight=False)
+    _say(f"removed {info.ref}")
 
 
 @command("gc", on=registry_app)
 def gc(registry: Root = None) -> None:
     """Remove unreferenced blobs, half-written temp files and stale checkouts."""
     r = _open(registry).gc()
-    out_console.print(f"removed {r.blobs_removed} blobs ({r.bytes_freed:,} bytes), "
-                      f"{r.temp_removed} temp files, {r.checkouts_removed} checkouts",
-                      highlight=False)
+    _say(f"removed {r.blobs_removed} blobs ({r.bytes_freed:,} bytes), {r.temp_removed} temp "
+         f"files, {r.checkouts_removed} checkouts")
 
 
 @command("export", on=registry_app)
 def export(ref: RefArg, archive: Annotated[Path, typer.Argument(help="Archive to write (.tar, or .tar.gz).")],
            registry: Root = None) -> None:
     """One archive with the version and its whole lineage."""
-    out_console.print(str(_open(registry).export(ref, archive)), highlight=False)
+    _say(str(_open(registry).export(ref, archive)))
 
 
 @command("import", on=registry_app)
@@ -177,7 +181,7 @@ def import_(archive: Annotated[Path, typer.Argument(help="Archive written by `to
             registry: Root = None) -> None:
     """Add the versions of an exported archive, lineage links included."""
     for info in _open(registry).import_archive(archive):
-        out_console.print(f"{info.ref}  {info.digest}", highlight=False)
+        _say(f"{info.ref}  {info.digest}")
 
 
 @command("publish-mlflow", on=registry_app)
@@ -195,4 +199,4 @@ def publish_mlflow(ref: RefArg,
                 experiment=experiment, artifact_location=artifact_location,
                 model_name=model_name, registry=_open(registry))
     state = "registered" if v.created else "already registered"
-    out_console.print(f"{state}: models:/{v.name}/{v.version} (run {v.run_id})", highlight=False)
+    _say(f"{state}: models:/{v.name}/{v.version} (run {v.run_id})")

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np

@@ -88,12 +88,21 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection with the schema in place; SQLite errors become torchslim errors."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def connect(self, *, create: bool = True) -> Iterator[sqlite3.Connection]:
+        """A connection with the schema in place; SQLite errors become torchslim errors.
+        With ``create=False`` a registry that has no index yet reads as an empty one (an
+        in-memory index), so reading never creates files."""
+        missing = not create and not self.exists
+        if not missing:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.translate():
-            db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            db = sqlite3.connect(":memory:" if missing else str(self.path),
+                                 timeout=BUSY_TIMEOUT_S, isolation_level=None)
             try:
                 db.row_factory = sqlite3.Row
                 db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -149,7 +158,7 @@ class Index:
                 if "locked" not in str(e) or attempt == 99:
                     raise
                 time.sleep(0.05)
-        if str(mode).lower() != "wal":
+        if str(mode).lower() not in ("wal", "memory"):
             raise RegistryError(f"registry index {self.path} cannot use WAL mode (got "
                                 f"{mode}); put the registry on a local file system")
         db.execute("PRAGMA foreign_keys = ON")

@@ -75,8 +75,8 @@ def locate(path: str | os.PathLike[str], kind: str | None = None) -> Located:
         p = p.with_name(p.name[: -len(MANIFEST_SUFFIX)])
     elif p.name == DIR_MANIFEST:
         p = p.parent
-    if not p.exists() and p.suffix == ".json" and p.with_suffix(".safetensors").exists():
-        p = p.with_suffix(".safetensors")
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
+        p = p.with_suffix(".safetensors")  # a checkpoint's sidecar names the checkpoint
     if not p.exists():
         raise ManifestError(f"artifact not found: {p}; check the path")
     found = kind or _kind_of(p)
@@ -96,8 +96,6 @@ def _kind_of(p: Path) -> str:
                 pass  # read_manifest reports the broken file
         if (p / LLM_QUANT_SIDECAR).is_file() or (p / "config.json").is_file():
             return "llm-quantized"
-    elif p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
-        return "checkpoint"
     else:
         by_suffix = {".safetensors": "checkpoint", ".onnx": "onnx", ".xml": "openvino-ir"}
         if p.suffix in by_suffix:
@@ -132,7 +130,10 @@ def _checkpoint_describe(loc: Located) -> Described:
     counts: dict[str, int] = {}
     try:
         with open(loc.path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= loc.path.stat().st_size - 8:
+                raise ValueError(f"header length {n} does not fit the file")
+            header = json.loads(f.read(n))
     except (OSError, ValueError) as e:
         raise ManifestError(f"{loc.path} is not a safetensors file ({e})") from e
     for key, info in header.items():

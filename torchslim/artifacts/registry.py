@@ -91,14 +91,14 @@ class ModelRegistry:
 
     def get(self, ref: str | Ref) -> VersionInfo:
         """The version ``ref`` names (``name``, ``name@1.2.0`` or ``name@alias``)."""
-        with self.index.connect() as db:
+        with self.index.connect(create=False) as db:
             return self._info(db, self._find(db, ref))
 
     show = get
 
     def list_versions(self, name: str | None = None) -> list[VersionInfo]:
         """Every version (of ``name``), by name, then in SemVer order."""
-        with self.index.connect() as db:
+        with self.index.connect(create=False) as db:
             if name is not None:
                 self._model_id(db, check_name(name))
             found = rows(db, "WHERE m.name = ?", (name,)) if name else rows(db)
@@ -225,7 +225,7 @@ class ModelRegistry:
     def verify(self) -> VerifyReport:
         """Recompute every stored digest: missing or tampered blobs, index rows that
         disagree with their manifest, and SQLite's own check of the index file."""
-        with self.store.lock(shared=True), self.index.connect() as db:
+        with self.store.lock(shared=True), self.index.connect(create=False) as db:
             problems = [f"index: {r[0]}" for r in db.execute("PRAGMA quick_check")
                         if r[0] != "ok"]
             needed: dict[tuple[str, int], str] = {}
@@ -249,7 +249,12 @@ class ModelRegistry:
     def gc(self) -> GcReport:
         """Remove blobs no version references, leftovers in ``tmp/`` (half-written blobs of
         killed pushes) and checkouts of removed versions."""
-        with self.store.lock(shared=False), self.index.connect() as db:
+        if not self.root.is_dir():
+            return GcReport(0, 0, 0, 0)
+        if not self.index.exists and any(self.store.digests()):
+            raise IntegrityError(f"{self.root} holds blobs but no index ({self.index.path}); "
+                                 "gc would delete them all: restore the index first")
+        with self.store.lock(shared=False), self.index.connect(create=False) as db:
             referenced = {r[0] for r in db.execute("SELECT DISTINCT sha256 FROM files")}
             digests = {r[0].split(":", 1)[1] for r in db.execute("SELECT digest FROM versions")}
             removed = freed = 0

@@ -133,7 +133,11 @@ class BlobStore:
 
     @contextlib.contextmanager
     def lock(self, *, shared: bool) -> Iterator[None]:
-        """Hold the registry lock; the kernel drops it when the process dies."""
+        """Hold the registry lock; the kernel drops it when the process dies. A reader of a
+        registry that does not exist yet creates nothing."""
+        if shared and not self.root.is_dir():
+            yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
