@@ -38,10 +38,11 @@ def test_versions_are_immutable_and_the_same_bytes_are_a_no_op(registry, tiny_on
     first = registry.push(path, "tiny", version="1.0.0")
     assert registry.push(path, "tiny", version="1.0.0") == first
     assert registry.push(path, "tiny") == first  # a bump with known bytes: no new version
+    assert registry.push(path, "tiny", aliases=["prod"]).aliases == ("prod",)  # aliases move
     with pytest.raises(VersionConflictError, match="immutable"):
         registry.push(tiny_onnx(2.0), "tiny", version="1.0.0")
     pulled = registry.pull("tiny@1.0.0", Path(path).parent.parent / "pulled")
-    assert registry.push(pulled, "tiny", version="1.0.0") == first  # stored bytes too
+    assert registry.push(pulled, "tiny", version="1.0.0").digest == first.digest  # stored bytes
     assert len(registry.list_versions()) == 1
 
 

@@ -131,15 +131,14 @@ class ModelRegistry:
             parent_row = self._parent_row(db, manifest, parent)
             for _ in range(_PUSH_ATTEMPTS):
                 done = self._unchanged(db, name, explicit, manifest)
-                if done is not None:
-                    return done
+                if done is not None:  # the same bytes: no new version; aliases still move
+                    return self._with_aliases(db, done, aliases)
                 target = explicit or self._next_version(db, name, bump)
                 stored = self._store(loc, manifest, f"{name}@{target}", parent_row, relation)
                 crash_point("blobs-stored")
                 with self.index.write(db):
-                    done = self._unchanged(db, name, explicit, manifest)
-                    if done is not None:  # the same bytes, pushed meanwhile
-                        return done
+                    if self._unchanged(db, name, explicit, manifest) is not None:
+                        continue  # the same bytes, pushed meanwhile: the next round says so
                     if self._taken(db, name, target, explicit):
                         continue  # a concurrent bump took it: stamp the next one
                     version_id = insert_version(
@@ -155,6 +154,15 @@ class ModelRegistry:
                 return self._info(db, self._find(db, f"{name}@{target}"))
         raise VersionConflictError(f"{name}: {_PUSH_ATTEMPTS} concurrent pushes took every "
                                    "version this push tried; retry it")
+
+    def _with_aliases(self, db: sqlite3.Connection, info: VersionInfo, aliases: list[str]
+                      ) -> VersionInfo:
+        if not aliases:
+            return info
+        with self.index.write(db):
+            for alias in aliases:
+                set_alias(db, info.id, alias)
+        return self._info(db, self._find(db, info.ref))
 
     def alias(self, ref: str, alias: str) -> VersionInfo:
         """Point ``alias`` of the model at the version ``ref`` (moving it if it exists)."""

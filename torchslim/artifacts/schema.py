@@ -22,12 +22,20 @@ Every field, top level first (``?`` = may be null / absent)::
                        batch_sizes, top1, top5, agreement, latency_ms {"1": {"p50": ..}},
                        items_per_s, bytes, peak_mem_bytes, extra {name: number}}]
     provenance       {parent_digest, relation (trained | distilled | pruned | quantized |
-                      exported | finetuned), recipe, recipe_hash, data {name, split,
-                      digest, samples}, seed, git_revision, git_dirty, created_at,
-                      versions {torchslim, torch, onnx, onnxruntime, openvino, python},
-                      legacy (the old sidecar this view was read from)}
+                      exported | finetuned), recipe (the recipe as JSON), recipe_hash,
+                      data {name, split, digest, samples} (calibration / training data,
+                      digest from torchslim.artifacts.data_digest), seed, git_revision and
+                      git_dirty (of the torchslim checkout that ran; null for a wheel),
+                      created_at (UTC ISO 8601), versions {torchslim, torch, onnx,
+                      onnxruntime, openvino, python} (those importable), legacy (the old
+                      sidecar this view was read from)}
     registry?        {id "name@version", source_digest, pushed_at}: set by a registry
                      push (the stored bytes may carry the id, e.g. ONNX metadata_props)
+
+The manifest lives beside a file artifact as ``<entry>.manifest.json`` and inside a
+directory artifact as ``torchslim.manifest.json``. An ONNX file also carries
+``torchslim.parent_digest``, ``torchslim.recipe_hash`` and, once pushed,
+``torchslim.registry_id`` in its ``metadata_props``.
 
 Validation on read: unknown fields are refused, digests are 64 lowercase hex digits, file
 paths are relative and stay inside the artifact, ``digest`` equals the digest of
