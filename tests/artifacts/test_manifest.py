@@ -76,10 +76,10 @@ def test_checkpoint_round_trip_with_the_callers_signature(copy_of) -> None:
 
 def test_dynamic_and_weight_only_onnx_formats(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    lin = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    dyn = export_dynamic(quantize_dynamic(lin), tmp_path / "d.onnx", input_shape=(16,))
-    wo = export_weight_only(quantize_weight_only(lin, group_size=None), tmp_path / "w.onnx",
-                            input_shape=(16,))
+    # 128 inputs per layer: the default weight-only groups of 128 fit
+    lin = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.ReLU(), torch.nn.Linear(128, 4))
+    dyn = export_dynamic(quantize_dynamic(lin), tmp_path / "d.onnx", input_shape=(128,))
+    wo = export_weight_only(quantize_weight_only(lin), tmp_path / "w.onnx", input_shape=(128,))
     assert (write_manifest(dyn).format, read_manifest(dyn).precision) == ("onnx-dynamic", "int8")
     assert (write_manifest(wo).format, read_manifest(wo).precision) == (
         "onnx-weight-only", "int8-weight-only")
