@@ -193,8 +193,8 @@ class ModelRegistry:
                         rows(db, "WHERE v.parent_id = ?", (row["id"],))]
             if children and not force:
                 raise RegistryError(f"{info.ref} is the parent of {', '.join(children)}; "
-                                    "remove those first, or pass force=True (--force): their lineage then "
-                                    "ends at its digest")
+                                    "remove those first, or pass force=True (--force): "
+                                    "their lineage then ends at its digest")
             db.execute("DELETE FROM versions WHERE id = ?", (row["id"],))
             db.execute("DELETE FROM models WHERE id = ? AND NOT EXISTS (SELECT 1 FROM "
                        "versions WHERE model_id = ?)", (row["model_id"], row["model_id"]))
