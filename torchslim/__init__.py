@@ -25,7 +25,7 @@ from torchslim.prune import ChannelPruneConfig, PruneResult, SparsityConfig, pru
 from torchslim.train import Callback, TrainConfig, fit, load, load_checkpoint, save_checkpoint
 from torchslim.quant import QuantSpec
 from torchslim.quant.api import qat, quantize
-from torchslim.quant.config import LayerOverride, QuantConfig
+from torchslim.quant.config import DynamicQuantConfig, LayerOverride, QuantConfig, WeightOnlyConfig
 from torchslim.zoo import build_model, list_models
 from torchslim.distillation import DistillConfig, distill
 
@@ -40,7 +40,8 @@ __all__ = [
     # distillation
     "DistillConfig", "distill",
     # quantization
-    "QuantSpec", "QuantConfig", "LayerOverride", "quantize", "qat",
+    "QuantSpec", "QuantConfig", "DynamicQuantConfig", "WeightOnlyConfig", "LayerOverride",
+    "quantize", "qat",
     # runtimes and artifacts
     "Session", "TorchSession", "OnnxRuntimeSession", "load_session", "export",
     "export_onnx", "export_qdq",

@@ -15,7 +15,8 @@ from torch import nn
 from torchslim.errors import ConfigError
 from torchslim.exporters import export_dynamic, export_onnx, export_weight_only
 from torchslim.exporters.qdq import ort_fused_ops
-from torchslim.quant import quantize_dynamic, quantize_weight_only
+from torchslim.quant import (DynamicQuantConfig, WeightOnlyConfig, quantize_dynamic,
+                             quantize_weight_only)
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -44,8 +45,10 @@ def mlp() -> nn.Module:  # 148k weights
 MODELS = {"mlp": (mlp, (64,)), "transformer": (lambda: TinyTransformer().eval(), (8, 32))}
 QUANTIZERS = {
     "dynamic": (quantize_dynamic, export_dynamic),
-    "int8": (lambda m: quantize_weight_only(m, bits=8, group_size=None), export_weight_only),
-    "int4-g32": (lambda m: quantize_weight_only(m, bits=4, group_size=32), export_weight_only),
+    "int8": (lambda m: quantize_weight_only(m, WeightOnlyConfig(bits=8, group_size=None)),
+             export_weight_only),
+    "int4-g32": (lambda m: quantize_weight_only(m, WeightOnlyConfig(bits=4, group_size=32)),
+                 export_weight_only),
 }
 
 
@@ -96,7 +99,7 @@ def test_int8_file_is_small(tmp_path: Path, method: str) -> None:
 
 
 def test_per_group_uses_blocked_dequantize_linear(tmp_path: Path) -> None:
-    q = quantize_weight_only(mlp(), bits=4, group_size=32)
+    q = quantize_weight_only(mlp(), WeightOnlyConfig(bits=4, group_size=32))
     graph = onnx.load(str(export_weight_only(q, tmp_path / "m.onnx", input_shape=(64,)))).graph
     dqs = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert len(dqs) == 4
@@ -108,5 +111,5 @@ def test_per_group_uses_blocked_dequantize_linear(tmp_path: Path) -> None:
 
 def test_per_token_model_does_not_export(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="per_token"):
-        export_dynamic(quantize_dynamic(mlp(), per_token=True), tmp_path / "m.onnx",
-                       input_shape=(64,))
+        export_dynamic(quantize_dynamic(mlp(), DynamicQuantConfig(per_token=True)),
+                       tmp_path / "m.onnx", input_shape=(64,))

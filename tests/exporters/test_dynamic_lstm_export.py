@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from torchslim.exporters import export_dynamic, export_onnx
-from torchslim.quant import quantize_dynamic
+from torchslim.quant import DynamicQuantConfig, quantize_dynamic
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -31,7 +31,7 @@ def test_ort_dynamic_quantize_lstm_matches_torch(tmp_path: Path, tiny_lstm, bidi
                                                  batch_first: bool) -> None:
     torch.manual_seed(0)
     q = quantize_dynamic(tiny_lstm(bidirectional, batch_first).eval(),
-                         layers=(nn.Linear, nn.LSTM))
+                         DynamicQuantConfig(layers=(nn.Linear, nn.LSTM)))
     path = export_dynamic(q, tmp_path / "m.onnx", input_shape=(12, 16))
     proto = onnx.load(str(path))
     ops = [(n.op_type, n.domain) for n in proto.graph.node]
@@ -52,7 +52,7 @@ def test_lstm_weights_are_int8_in_the_op_layout(tmp_path: Path, tiny_lstm) -> No
     torch.manual_seed(0)
     model = tiny_lstm(bidirectional=True).eval()
     fp32 = onnx.load(str(export_onnx(model, tmp_path / "fp32.onnx", input_shape=(12, 16))))
-    q = quantize_dynamic(model, layers=(nn.Linear, nn.LSTM))
+    q = quantize_dynamic(model, DynamicQuantConfig(layers=(nn.Linear, nn.LSTM)))
     graph = onnx.load(str(export_dynamic(q, tmp_path / "q.onnx", input_shape=(12, 16)))).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     fp32_inits = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}

@@ -7,7 +7,7 @@ import torch
 
 from torchslim.llm.gptq import gptq_quantize
 from torchslim.llm.qlinear import encode_weight
-from torchslim.quant.weight_only import weight_only_spec
+from torchslim.quant.config import weight_only_spec
 
 
 def _output_error(w, codes, scales, zeros, group, x) -> float:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from torch import nn
 from torchslim.llm.qlinear import (KERNEL_MAX_ROWS, QuantEmbedding, W8A8Linear,
                                    WeightOnlyLinear, encode_weight, pack_int4, unpack_int4)
 from torchslim.quant.affine import sqnr_db
-from torchslim.quant.weight_only import weight_only_spec
+from torchslim.quant.config import weight_only_spec
 
 
 def test_pack_int4_round_trips() -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
+from torchslim.quant import DynamicQuantConfig
 from torchslim.quant.affine import QuantSpec, calc_qparams_for, fake_quantize, sqnr_db
 from torchslim.quant.dynamic import DynamicActivationQuant, DynamicQuantLinear, quantize_dynamic
 
@@ -43,7 +44,7 @@ def test_per_token_uses_one_grid_per_row() -> None:
 def test_transformer_sqnr_and_input_untouched(per_token: bool) -> None:
     model = TinyTransformer().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    q = quantize_dynamic(model, per_token=per_token)
+    q = quantize_dynamic(model, DynamicQuantConfig(per_token=per_token))
     x = torch.randn(4, 8, 32)
     with torch.no_grad():
         ref, out = model(x), q(x)
@@ -59,9 +60,9 @@ def test_transformer_sqnr_and_input_untouched(per_token: bool) -> None:
 
 def test_skip_keeps_layer_float_and_unknown_name_is_an_error() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    q = quantize_dynamic(model, skip=["2"])
+    q = quantize_dynamic(model, DynamicQuantConfig(skip=["2"]))
     assert isinstance(q[0], DynamicQuantLinear) and type(q[2]) is nn.Linear
     with pytest.raises(ConfigError, match="'fc9'"):
-        quantize_dynamic(model, skip=["fc9"])
+        quantize_dynamic(model, DynamicQuantConfig(skip=["fc9"]))
     with pytest.raises(ConfigError, match="LSTM"):
-        quantize_dynamic(model, layers=(nn.LSTM,))
+        quantize_dynamic(model, DynamicQuantConfig(layers=(nn.LSTM,)))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
+from torchslim.quant import DynamicQuantConfig
 from torchslim.quant.affine import sqnr_db
 from torchslim.quant.dynamic import DynamicQuantLinear, DynamicQuantLSTM, quantize_dynamic
 
@@ -21,7 +22,7 @@ def test_lstm_sqnr_and_input_untouched(tiny_lstm, bidirectional: bool, batch_fir
     torch.manual_seed(0)
     model = tiny_lstm(bidirectional, batch_first).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    q = quantize_dynamic(model, layers=BOTH)
+    q = quantize_dynamic(model, DynamicQuantConfig(layers=BOTH))
     assert isinstance(q.lstm, DynamicQuantLSTM) and isinstance(q.head, DynamicQuantLinear)
     assert type(model.lstm) is nn.LSTM
     x = torch.randn(64, 12, 16)
@@ -62,13 +63,14 @@ def test_weights_are_s8_per_row_and_activation_grid_per_step() -> None:
 
 def test_layer_selection_skip_and_unsupported(tiny_lstm) -> None:
     model = tiny_lstm().eval()
-    only_lstm = quantize_dynamic(model, layers=(nn.LSTM,))
+    only_lstm = quantize_dynamic(model, DynamicQuantConfig(layers=(nn.LSTM,)))
     assert isinstance(only_lstm.lstm, DynamicQuantLSTM) and type(only_lstm.head) is nn.Linear
     default = quantize_dynamic(model)
     assert type(default.lstm) is nn.LSTM and isinstance(default.head, DynamicQuantLinear)
-    skipped = quantize_dynamic(model, layers=BOTH, skip=["lstm"])
+    skipped = quantize_dynamic(model, DynamicQuantConfig(layers=BOTH, skip=["lstm"]))
     assert type(skipped.lstm) is nn.LSTM
     with pytest.raises(ConfigError, match="GRU"):
-        quantize_dynamic(model, layers=(nn.GRU,))
+        quantize_dynamic(model, DynamicQuantConfig(layers=(nn.GRU,)))
     with pytest.raises(ConfigError, match="proj_size"):
-        quantize_dynamic(nn.Sequential(nn.LSTM(4, 8, proj_size=2)), layers=(nn.LSTM,))
+        quantize_dynamic(nn.Sequential(nn.LSTM(4, 8, proj_size=2)),
+                         DynamicQuantConfig(layers=(nn.LSTM,)))

@@ -5,7 +5,7 @@ from torchslim.exporters.openvino import export_openvino  # imports openvino onl
 from torchslim.exporters.qdq import export_qdq
 from torchslim.exporters.dynamic import export_dynamic
 from torchslim.exporters.weight_only import export_weight_only
-from torchslim.exporters.api import export, is_quantized  # noqa: E402  (uses the three above)
+from torchslim.exporters.api import WRITERS, export, is_quantized
 
-__all__ = ["export", "export_onnx", "export_openvino", "export_qdq", "is_quantized",
+__all__ = ["WRITERS", "export", "export_onnx", "export_openvino", "export_qdq", "is_quantized",
            "export_dynamic", "export_weight_only"]

@@ -33,8 +33,10 @@ from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import (GraphIndex, attribute, constants_to_initializers_,
                                              digest, remove_dead)
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
-from torchslim.exporters.weights import BakedWeight, bake_weights_, copy_model, weight_qparams
+from torchslim.exporters.weights import (BakedWeight, bake_weights_, check_quantized_as,
+                                         copy_model, weight_qparams)
 from torchslim.quant.affine import dequantize_tensor, quantize_tensor
+from torchslim.quant.config import DynamicQuantConfig
 from torchslim.quant.dynamic import DynamicActivationQuant, DynamicQuantLSTM
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
     """Write a :func:`torchslim.quant.quantize_dynamic` model as an ONNX file that ONNX
     Runtime runs with integer MatMul kernels. ``input_shape`` excludes the (dynamic)
     batch axis; ``model`` is left untouched."""
+    check_quantized_as(model, DynamicQuantConfig, "export_dynamic")
     m = copy_model(model).eval().cpu()
     lstms = _bake_lstms_(m)
     _drop_dynamic_quantizers_(m)

@@ -35,8 +35,10 @@ from torch import Tensor, nn
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import rewrite_weights_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
-from torchslim.exporters.weights import bake_weights_, check_materialized, copy_model
+from torchslim.exporters.weights import (bake_weights_, check_materialized, check_quantized_as,
+                                         copy_model)
 from torchslim.quant.affine import QuantSpec
+from torchslim.quant.config import QuantConfig
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *,
     """
     if opset < 13:
         raise ConfigError(f"opset={opset} is too old for per-channel QDQ; use opset >= 13")
+    check_quantized_as(prepared, QuantConfig, "export_qdq")
     model = copy_model(prepared).eval().cpu()
     baked = bake_weights_(model)
     _replace_activation_quantizers_(model)

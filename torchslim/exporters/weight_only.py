@@ -24,8 +24,10 @@ from torch import nn
 from torchslim.errors import ArtifactError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import GraphIndex, digest, remove_dead, rewrite_weights_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
-from torchslim.exporters.weights import bake_weights_, copy_model, weight_qparams
+from torchslim.exporters.weights import (bake_weights_, check_quantized_as, copy_model,
+                                         weight_qparams)
 from torchslim.quant.affine import dequantize_tensor, quantize_tensor
+from torchslim.quant.config import WeightOnlyConfig
 from torchslim.quant.fake_quant import FakeQuantize
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
     """Write a :func:`torchslim.quant.quantize_weight_only` model as ONNX: int8 weight
     initializers + DequantizeLinear (per channel, or blocked per group at opset 21)
     feeding float MatMul / Gemm. ``model`` is left untouched."""
+    check_quantized_as(model, WeightOnlyConfig, "export_weight_only")
     m = copy_model(model).eval().cpu()
     grouped = _bake_grouped_(m)
     baked = bake_weights_(m)

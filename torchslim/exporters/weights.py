@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from torchslim._record import record_of
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.quant.affine import QuantSpec, dequantize_tensor, quantize_tensor
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 
-__all__ = ["BakedWeight", "copy_model", "bake_weights_", "weight_qparams", "check_materialized"]
+__all__ = ["BakedWeight", "copy_model", "bake_weights_", "weight_qparams", "check_materialized",
+           "check_quantized_as"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +116,13 @@ def check_materialized(name: str, fq: LearnableFakeQuantize) -> None:
     if isinstance(fq.scale, nn.parameter.UninitializedParameter):
         raise ConfigError(f"{name} (LSQ) has no step size yet; calibrate first "
                           "(run one batch through the model)")
+
+
+def check_quantized_as(model: nn.Module, config_type: type, writer: str) -> None:
+    """ConfigError when ``model``'s record says it was quantized with another kind of config
+    than the one ``writer`` handles (``torchslim.export`` picks the right writer)."""
+    info = record_of(model).quantization
+    if info is not None and type(info.config) is not config_type:
+        raise ConfigError(f"{writer} writes models quantized with {config_type.__name__}, but "
+                          f"{type(model).__name__} was quantized with {info.kind}; "
+                          "torchslim.export(model, path) picks the writer for it")

@@ -19,9 +19,7 @@ from torchslim.llm.calibrate import calibrate_layers, decoder_layers
 from torchslim.llm.config import LLMQuantConfig
 from torchslim.llm.data import calibration_batches
 from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear, encode_weight
-from torchslim.quant.config import matches
-from torchslim.quant.dynamic import check_skip
-from torchslim.quant.weight_only import weight_only_spec
+from torchslim.quant.config import check_skip, matches, weight_only_spec
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.quant.affine import QuantSpec
-from torchslim.quant.weight_only import weight_only_spec
+from torchslim.quant.config import weight_only_spec
 
 __all__ = ["LLMQuantConfig", "METHODS"]
 

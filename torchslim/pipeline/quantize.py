@@ -24,7 +24,7 @@ from torchslim.evaluation import evaluate
 from torchslim.exporters import export_dynamic, export_onnx, export_qdq, export_weight_only
 from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
 from torchslim.quant.api import qat, quantize
-from torchslim.quant.config import QuantConfig
+from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
 from torchslim.quant.sensitivity import layer_sensitivity
 from torchslim.report import write_report
 from torchslim.runtime import Session, TorchSession, runtimes_reading
@@ -88,12 +88,12 @@ def _qat(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
 
 def _dynamic(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
     has_lstm = any(isinstance(m, nn.LSTM) for m in model.modules())
-    layers = (nn.Linear, nn.LSTM) if has_lstm else (nn.Linear,)
-    return quantize_dynamic(model, bits=job.bits, layers=layers)
+    layers = ("linear", "lstm") if has_lstm else ("linear",)
+    return quantize_dynamic(model, DynamicQuantConfig(bits=job.bits, layers=layers))
 
 
 def _weight_only(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    return quantize_weight_only(model, bits=job.bits, group_size=None)
+    return quantize_weight_only(model, WeightOnlyConfig(bits=job.bits, group_size=None))
 
 
 METHODS.add("ptq", (_ptq, export_qdq))

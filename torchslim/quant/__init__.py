@@ -13,7 +13,7 @@ from torchslim.quant.affine import (QuantSpec, calc_qparams_for, compute_qparams
                                     fake_quantize, quantize_tensor, sqnr_db)
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
-from torchslim.quant.config import LayerOverride, QuantConfig
+from torchslim.quant.config import DynamicQuantConfig, LayerOverride, QuantConfig, WeightOnlyConfig
 from torchslim.quant.prepare import prepare, set_fake_quant_, set_observers_
 from torchslim.quant.calibrate import bias_correct_, calibrate_
 from torchslim.quant.api import qat
@@ -38,5 +38,5 @@ __all__ = [
     # sensitivity and mixed precision
     "LayerSensitivity", "layer_sensitivity", "mixed_precision_config",
     # dynamic and weight-only PTQ (no calibration data)
-    "quantize_dynamic", "quantize_weight_only",
+    "DynamicQuantConfig", "WeightOnlyConfig", "quantize_dynamic", "quantize_weight_only",
 ]

@@ -1,27 +1,33 @@
-"""Entry points: ``quantize`` (static PTQ) and ``qat`` (quantization-aware training).
+"""Entry points: ``quantize(model, config)`` dispatched on the config's type, and ``qat``
+(quantization-aware training, which takes a ``QuantConfig`` too).
 
-Both return a NEW prepared model (an fx GraphModule of Quant* layers and activation
-FakeQuantize modules with frozen qparams) that the exporter turns into a QDQ ONNX graph;
-the float model passed in is left untouched.
+Each returns a NEW quantized model and leaves the float model alone; the new model's record
+(``torchslim.record_of(model).quantization``) holds the config, so ``torchslim.export``
+writes the matching artifact: static PTQ and QAT give an fx GraphModule of Quant* layers
+and frozen activation FakeQuantize modules (a QDQ ONNX graph), dynamic quantization
+integer MatMuls with run-time activation grids, weight-only int weights behind
+DequantizeLinear.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.quant.calibrate import batches, calibrate_
-from torchslim.quant.config import QuantConfig
+from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
+from torchslim.quant.dynamic import quantize_dynamic
 from torchslim.quant.prepare import prepare
 from torchslim.quant.fold import fold_simulated_bn_
 from torchslim.quant.qat import FreezeBatchNorm, FreezeObservers, from_lsq_, to_lsq_
+from torchslim.quant.weight_only import quantize_weight_only
 from torchslim.train import Callback, TrainConfig, fit
 
-__all__ = ["quantize", "qat"]
+__all__ = ["quantize", "qat", "QUANTIZERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +38,52 @@ def _first_batch(data: Iterable[Any]) -> Any:
     raise ConfigError("calibration data yielded no batches; pass a non-empty loader")
 
 
-def quantize(model: nn.Module, config: QuantConfig = QuantConfig(), *,
-             calibration: Iterable[Any], num_batches: int = 32,
+def quantize(model: nn.Module, config: Any = QuantConfig(),
+             calibration: Iterable[Any] | None = None, *, num_batches: int = 32,
              example_inputs: Any = None) -> nn.Module:
-    """Static post-training quantization: ``prepare`` + ``calibrate_``.
+    """A quantized copy of ``model``, as ``config``'s type says (``QUANTIZERS``):
 
-    ``calibration`` yields ``x`` or ``(x, y)`` batches; ``example_inputs`` defaults to the
-    first calibration batch.
+    * ``QuantConfig``: static post-training quantization (``prepare`` + ``calibrate_`` on
+      ``num_batches`` batches of ``calibration``, which yields ``x`` or ``(x, y)``;
+      ``example_inputs`` defaults to its first batch);
+    * ``DynamicQuantConfig``: ``quantize_dynamic`` (activation grids at run time);
+    * ``WeightOnlyConfig``: ``quantize_weight_only``.
+
+    Dynamic and weight-only quantization need no data: ``calibration`` is not used.
     """
+    handler = QUANTIZERS.get(type(config))
+    if handler is None:
+        known = ", ".join(t.__name__ for t in QUANTIZERS)
+        raise ConfigError(f"config must be one of {known}, got {type(config).__name__} "
+                          "(quantization-aware training: torchslim.qat)")
+    return handler(model, config, calibration, num_batches=num_batches,
+                   example_inputs=example_inputs)
+
+
+def _static(model: nn.Module, config: QuantConfig, calibration: Iterable[Any] | None, *,
+            num_batches: int, example_inputs: Any) -> nn.Module:
+    if calibration is None:
+        raise ConfigError("static quantization (QuantConfig) needs calibration=<batches>; "
+                          "DynamicQuantConfig and WeightOnlyConfig need no data")
     if example_inputs is None:
         example_inputs = _first_batch(calibration)
     prepared = prepare(model, config, example_inputs=example_inputs)
     return calibrate_(prepared, calibration, num_batches=num_batches)
+
+
+def _dynamic(model: nn.Module, config: DynamicQuantConfig, calibration: Any,
+             **_: Any) -> nn.Module:
+    return quantize_dynamic(model, config)
+
+
+def _weight_only(model: nn.Module, config: WeightOnlyConfig, calibration: Any,
+                 **_: Any) -> nn.Module:
+    return quantize_weight_only(model, config)
+
+
+# config type -> handler(model, config, calibration, *, num_batches, example_inputs)
+QUANTIZERS: dict[type, Callable[..., nn.Module]] = {
+    QuantConfig: _static, DynamicQuantConfig: _dynamic, WeightOnlyConfig: _weight_only}
 
 
 def qat(model: nn.Module, train_data: Iterable[Any], *, config: QuantConfig = QuantConfig(),

@@ -1,9 +1,14 @@
-"""What to quantize and how: one frozen config, resolved into a per-layer plan at prepare time.
+"""What to quantize and how: one frozen config per kind of quantization.
 
-A ``QuantConfig`` holds global weight / activation specs, per-layer overrides (exact name
-or regex), a skip list and a policy for the first and last quantizable layers.
-``resolve_layers`` turns it into ``{layer name: LayerPlan}`` for one model, and is where a
-name that matches no layer is reported (the config alone cannot know the model).
+``torchslim.quantize(model, config)`` dispatches on the config's type:
+
+* ``QuantConfig``: static (calibrated) PTQ, and QAT (``torchslim.qat``): global weight /
+  activation specs, per-layer overrides (exact name or regex), a skip list and a policy for
+  the first and last quantizable layers. ``resolve_layers`` turns it into
+  ``{layer name: LayerPlan}`` for one model, and is where a name that matches no layer is
+  reported (the config alone cannot know the model);
+* ``DynamicQuantConfig``: int8 weights, activations quantized at run time;
+* ``WeightOnlyConfig``: int weights per group or channel, float activations.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec
 from torchslim.quant.observers import OBSERVERS
 
-__all__ = ["QuantConfig", "LayerOverride", "LayerPlan", "LAYER_POLICIES", "DEFAULT_WEIGHT",
-           "DEFAULT_ACTIVATION", "resolve_layers", "matches", "check_names"]
+__all__ = ["QuantConfig", "DynamicQuantConfig", "WeightOnlyConfig", "LayerOverride", "LayerPlan",
+           "LAYER_POLICIES", "DYNAMIC_LAYERS", "DEFAULT_WEIGHT", "DEFAULT_ACTIVATION",
+           "resolve_layers", "matches", "check_names", "check_skip", "weight_only_spec"]
 
 # s8 symmetric per output channel: what ONNX Runtime's integer conv and TensorRT expect.
 DEFAULT_WEIGHT = QuantSpec(bits=8, signed=True, symmetric=True, granularity="per_channel", axis=0)
@@ -27,7 +35,8 @@ DEFAULT_WEIGHT = QuantSpec(bits=8, signed=True, symmetric=True, granularity="per
 # weights, and post-ReLU activations use the whole unsigned range.
 DEFAULT_ACTIVATION = QuantSpec(bits=8, signed=False, symmetric=False, granularity="per_tensor")
 LAYER_POLICIES = ("quantize", "float", "8bit")
-
+# layer kinds dynamic quantization handles, by the name its config uses
+DYNAMIC_LAYERS: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.LSTM}
 
 
 class ReadOnlyDict(dict):  # type: ignore[type-arg]
@@ -133,6 +142,81 @@ class QuantConfig:
         return cls(**kwargs)
 
 
+@dataclass(frozen=True, kw_only=True)
+class DynamicQuantConfig:
+    """Dynamic PTQ: s8 per-output-channel weights, u8 activations quantized at run time
+    from each input (no calibration data). ``layers`` picks "linear" and / or "lstm"
+    (``nn.LSTM`` becomes what ONNX Runtime's DynamicQuantizeLSTM computes)."""
+
+    bits: int = 8                          # weight bits
+    layers: tuple[str, ...] = ("linear",)  # names in DYNAMIC_LAYERS (nn.Linear / nn.LSTM work too)
+    skip: tuple[str, ...] = ()             # layer names or regexes kept in float
+    per_token: bool = False                # one activation grid per row: torch only (ONNX
+                                           # Runtime's DynamicQuantizeLinear is per tensor)
+
+    def __post_init__(self) -> None:
+        QuantSpec(bits=self.bits)  # ConfigError for bits outside [2, 8]
+        kinds = {cls: name for name, cls in DYNAMIC_LAYERS.items()}
+        layers = (self.layers,) if isinstance(self.layers, (str, type)) else tuple(self.layers)
+        names = tuple(kinds.get(x, x) if isinstance(x, type) else x for x in layers)
+        unknown = [getattr(x, "__name__", x) for x, n in zip(layers, names)
+                   if n not in DYNAMIC_LAYERS]
+        if unknown or not names:
+            raise ConfigError(f"layers={unknown or list(names)} are not supported by dynamic "
+                              "quantization; only 'linear' and 'lstm' (nn.Linear, nn.LSTM) are "
+                              "(GRU / attention weights stay float)")
+        object.__setattr__(self, "layers", names)
+        object.__setattr__(self, "skip", _names(self.skip, "skip"))
+
+    @property
+    def layer_types(self) -> tuple[type[nn.Module], ...]:
+        return tuple(DYNAMIC_LAYERS[name] for name in self.layers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightOnlyConfig:
+    """Weight-only PTQ of ``nn.Linear`` layers (round to nearest): ``bits``-bit weights per
+    group of ``group_size`` input elements (per output channel when None); activations
+    stay float. 4-bit weights in groups of 32-128 are the usual LLM setting."""
+
+    bits: int = 8
+    group_size: int | None = 128   # input elements per scale; None: one scale per output row
+    symmetric: bool = True         # z = 0 (signed grid), or unsigned with a zero point
+    skip: tuple[str, ...] = ()     # layer names or regexes kept in float
+
+    def __post_init__(self) -> None:
+        if self.group_size is not None and (isinstance(self.group_size, bool) or not isinstance(
+                self.group_size, int) or self.group_size < 1):
+            raise ConfigError(f"group_size={self.group_size!r} must be a positive integer or "
+                              "None (per channel)")
+        weight_only_spec(bits=self.bits, group_size=self.group_size,  # ConfigError for bits
+                         symmetric=self.symmetric)                  # outside [2, 8]
+        object.__setattr__(self, "skip", _names(self.skip, "skip"))
+
+    @property
+    def spec(self) -> QuantSpec:
+        return weight_only_spec(bits=self.bits, group_size=self.group_size,
+                                symmetric=self.symmetric)
+
+
+def weight_only_spec(*, bits: int = 8, group_size: int | None = 128,
+                     symmetric: bool = True) -> QuantSpec:
+    """s8-style symmetric (z = 0) or u8-style asymmetric spec, per group or per channel."""
+    if group_size is None:
+        return QuantSpec(bits=bits, signed=symmetric, symmetric=symmetric,
+                         granularity="per_channel", axis=0)
+    return QuantSpec(bits=bits, signed=symmetric, symmetric=symmetric,
+                     granularity="per_group", group_size=group_size)
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    """A tuple of layer names / regexes ("fc" alone is one name)."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for pattern in names:
+        _compile(pattern)
+    return names
+
+
 def _check_activation(spec: QuantSpec, where: str) -> None:
     if spec.granularity != "per_tensor":
         raise ConfigError(f"{where}.granularity={spec.granularity!r}: activations are "
@@ -221,3 +305,16 @@ def _plan(config: QuantConfig, name: str, *, first: bool, last: bool) -> LayerPl
         if policy == "8bit":
             weight = dataclasses.replace(weight, bits=8)
     return LayerPlan(weight, activation)
+
+
+def check_skip(model: nn.Module, skip: Sequence[str]) -> tuple[str, ...]:
+    """``skip`` as a tuple; ConfigError for an entry naming no module of ``model``."""
+    if isinstance(skip, str):
+        skip = (skip,)
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in skip:
+        if not any(matches(pattern, n) for n in names):
+            raise ConfigError(f"skip entry {pattern!r} matches no module of "
+                              f"{type(model).__name__}; modules are named like: "
+                              f"{', '.join(names[:6]) or '(none)'}")
+    return tuple(skip)

@@ -11,7 +11,7 @@ By default the activation grid is **per tensor**: that is what ONNX Runtime's
 the last dim (per token of a ``(batch, seq, d)`` input); it is more accurate but exists
 in torch only; ONNX Runtime has no per-token dynamic quantization op.
 
-``nn.LSTM`` is opt-in (``layers=(nn.Linear, nn.LSTM)``): each becomes a
+``nn.LSTM`` is opt-in (``DynamicQuantConfig(layers=("linear", "lstm"))``): each becomes a
 :class:`DynamicQuantLSTM` that computes what ONNX Runtime's ``com.microsoft``
 ``DynamicQuantizeLSTM`` computes (s8 per-row W / R, u8 per-tensor dynamic activations:
 the layer input once per layer, ``h_{t-1}`` once per step; float gates).
@@ -26,22 +26,22 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from torchslim._record import Quantization, update_
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec, calc_qparams_for, fake_quantize
-from torchslim.quant.config import matches
+from torchslim.quant.config import DynamicQuantConfig, check_skip, matches
 from torchslim.quant.fake_quant import FakeQuantize
 from torchslim.quant.modules import QuantLinear
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DynamicActivationQuant", "DynamicQuantLinear", "DynamicQuantLSTM", "quantize_dynamic",
-           "frozen_weight_quantizer", "check_skip", "keep_module_forward_"]
+           "frozen_weight_quantizer", "keep_module_forward_"]
 
 _FLOAT_ONLY = (nn.MultiheadAttention, nn.LSTM, nn.GRU, nn.RNN)
 
@@ -204,19 +204,6 @@ def frozen_weight_quantizer(weight: Tensor, spec: QuantSpec) -> FakeQuantize:
     return fq
 
 
-def check_skip(model: nn.Module, skip: Sequence[str]) -> tuple[str, ...]:
-    """``skip`` as a tuple; ConfigError for an entry naming no module of ``model``."""
-    if isinstance(skip, str):
-        skip = (skip,)
-    names = [n for n, _ in model.named_modules() if n]
-    for pattern in skip:
-        if not any(matches(pattern, n) for n in names):
-            raise ConfigError(f"skip entry {pattern!r} matches no module of "
-                              f"{type(model).__name__}; modules are named like: "
-                              f"{', '.join(names[:6]) or '(none)'}")
-    return tuple(skip)
-
-
 def _float_only_note(model: nn.Module) -> None:
     kept = [n or "(root)" for n, m in model.named_modules() if isinstance(m, _FLOAT_ONLY)
             and not _inside_quant_lstm(model, n)]
@@ -248,44 +235,46 @@ def _quantize_lstms_(model: nn.Module, bits: int, skip: tuple[str, ...]) -> None
     logger.info("dynamic quantization: %d LSTM layers quantized", count)
 
 
-def quantize_dynamic(model: nn.Module, *, bits: int = 8,
-                     layers: Sequence[type[nn.Module]] = (nn.Linear,),
-                     skip: Sequence[str] = (), per_token: bool = False) -> nn.Module:
+def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig = DynamicQuantConfig()
+                     ) -> nn.Module:
     """A copy of ``model`` whose ``nn.Linear`` layers use s8 per-channel weights and u8
-    activations quantized at run time (per tensor, or per token with ``per_token``).
+    activations quantized at run time (per tensor, or per token with ``config.per_token``).
 
-    ``layers`` picks the layer types: ``nn.Linear`` (default) and / or ``nn.LSTM`` (each
-    becomes a :class:`DynamicQuantLSTM`; ``per_token`` does not apply to it).
-
-    ``skip`` holds layer names or regexes kept in float. ``model`` is left untouched.
+    ``config.layers`` picks the layer kinds: "linear" (default) and / or "lstm" (each
+    ``nn.LSTM`` becomes a :class:`DynamicQuantLSTM`; ``per_token`` does not apply to it).
+    ``config.skip`` holds layer names or regexes kept in float. ``model`` is left untouched;
+    the copy's record says how it was quantized (``torchslim.export`` reads it).
     """
-    layers = tuple(layers)
-    unsupported = [t.__name__ for t in layers if t not in (nn.Linear, nn.LSTM)]
-    if unsupported:
-        raise ConfigError(f"layers={unsupported} are not supported by dynamic quantization; "
-                          "only nn.Linear and nn.LSTM are (GRU / attention weights stay float)")
-    if nn.LSTM in layers and not any(type(m) is nn.LSTM for m in model.modules()):
+    if not isinstance(config, DynamicQuantConfig):
+        raise ConfigError(f"config must be a DynamicQuantConfig, not {type(config).__name__}")
+    if "lstm" in config.layers and not any(type(m) is nn.LSTM for m in model.modules()):
         raise ConfigError(f"layers names nn.LSTM but {type(model).__name__} has no LSTM "
                           "module")
-    skip = check_skip(model, skip)
+    skip = check_skip(model, config.skip)
     new = copy.deepcopy(model)
-    if nn.LSTM in layers:
-        _quantize_lstms_(new, bits, skip)
+    if "lstm" in config.layers:
+        _quantize_lstms_(new, config.bits, skip)
     _float_only_note(new)
+    if "linear" in config.layers:
+        _quantize_linears_(new, config, skip)
+    quantized = tuple(n for n, m in new.named_modules()
+                      if isinstance(m, (DynamicQuantLinear, DynamicQuantLSTM)))
+    update_(new, quantization=Quantization(config=config, quantized=quantized))
+    return new
+
+
+def _quantize_linears_(model: nn.Module, config: DynamicQuantConfig, skip: tuple[str, ...]) -> None:
     count = 0
-    if nn.Linear not in layers:
-        return new
-    for name, module in list(new.named_modules()):
+    for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:  # exact: out_proj of attention is a subclass
             continue
-        if _inside_quant_lstm(new, name):
+        if _inside_quant_lstm(model, name):
             continue
         if any(matches(p, name) for p in skip):
             logger.info("%s: in skip list, kept in float", name)
             continue
         parent, _, attr = name.rpartition(".")
-        setattr(new.get_submodule(parent), attr,
-                DynamicQuantLinear.from_linear(module, bits=bits, per_token=per_token))
+        setattr(model.get_submodule(parent), attr,
+                DynamicQuantLinear.from_linear(module, bits=config.bits, per_token=config.per_token))
         count += 1
     logger.info("dynamic quantization: %d Linear layers quantized", count)
-    return new

@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 
 from torch import nn
 
+from torchslim._record import Quantization, update_
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec
-from torchslim.quant.config import matches
-from torchslim.quant.dynamic import check_skip, frozen_weight_quantizer, keep_module_forward_
+from torchslim.quant.config import WeightOnlyConfig, check_skip, matches
+from torchslim.quant.dynamic import frozen_weight_quantizer, keep_module_forward_
 from torchslim.quant.modules import QuantLinear
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["quantize_weight_only", "weight_only_spec"]
-
-
-def weight_only_spec(*, bits: int = 8, group_size: int | None = 128,
-                     symmetric: bool = True) -> QuantSpec:
-    """s8-style symmetric (z = 0) or u8-style asymmetric spec, per group or per channel."""
-    if group_size is None:
-        return QuantSpec(bits=bits, signed=symmetric, symmetric=symmetric,
-                         granularity="per_channel", axis=0)
-    return QuantSpec(bits=bits, signed=symmetric, symmetric=symmetric,
-                     granularity="per_group", group_size=group_size)
+__all__ = ["quantize_weight_only"]
 
 
 def _check_groups(model: nn.Module, spec: QuantSpec, skip: tuple[str, ...]) -> None:
@@ -48,16 +38,19 @@ def _check_groups(model: nn.Module, spec: QuantSpec, skip: tuple[str, ...]) -> N
                     f"group_size=None (per channel), or skip=[{name!r}]")
 
 
-def quantize_weight_only(model: nn.Module, *, bits: int = 8, group_size: int | None = 128,
-                         symmetric: bool = True, skip: Sequence[str] = ()) -> nn.Module:
-    """A copy of ``model`` whose ``nn.Linear`` weights are fake-quantized to ``bits``
-    (per group of ``group_size`` input elements, per channel when None); activations
-    stay float. ``skip`` holds layer names or regexes kept in float."""
-    spec = weight_only_spec(bits=bits, group_size=group_size, symmetric=symmetric)
-    skip = check_skip(model, skip)
+def quantize_weight_only(model: nn.Module, config: WeightOnlyConfig = WeightOnlyConfig()
+                         ) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` weights are fake-quantized to
+    ``config.bits`` (per group of ``config.group_size`` input elements, per channel when
+    None); activations stay float. ``config.skip`` holds layer names or regexes kept in
+    float. The copy's record says how it was quantized (``torchslim.export`` reads it)."""
+    if not isinstance(config, WeightOnlyConfig):
+        raise ConfigError(f"config must be a WeightOnlyConfig, not {type(config).__name__}")
+    spec = config.spec
+    skip = check_skip(model, config.skip)
     _check_groups(model, spec, skip)
     new = copy.deepcopy(model)
-    count = 0
+    quantized = []
     for name, module in list(new.named_modules()):
         if type(module) is not nn.Linear or any(matches(p, name) for p in skip):
             continue
@@ -65,7 +58,8 @@ def quantize_weight_only(model: nn.Module, *, bits: int = 8, group_size: int | N
         fq = frozen_weight_quantizer(module.weight, spec)
         setattr(new.get_submodule(parent), attr,
                 keep_module_forward_(QuantLinear.from_float(module, fq)))
-        count += 1
+        quantized.append(name)
+    update_(new, quantization=Quantization(config=config, quantized=tuple(quantized)))
     logger.info("weight-only quantization (%d-bit, group_size=%s): %d Linear layers",
-                bits, group_size, count)
+                config.bits, config.group_size, len(quantized))
     return new
