@@ -27,4 +27,5 @@ def test_data_digest_counts_samples_and_sees_every_value() -> None:
     changed = x.clone()
     changed[5, 3] += 1
     assert data_digest([(changed[:4], torch.zeros(4)), (changed[4:], torch.ones(2))])[0] != digest
-    assert data_digest([np.zeros((3, 2), np.float32)])[0] != data_digest([np.zeros((3, 2), np.float64)])[0]
+    f32, f64 = np.zeros((3, 2), np.float32), np.zeros((3, 2), np.float64)
+    assert data_digest([f32])[0] != data_digest([f64])[0]  # the dtype counts

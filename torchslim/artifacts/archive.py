@@ -96,10 +96,10 @@ def _read_entries(tar: tarfile.TarFile, archive: Path) -> list[tuple[dict, Manif
     except (KeyError, AttributeError, ValueError) as e:
         raise RegistryError(f"{archive} has no readable {INDEX_MEMBER} ({e}); it was not "
                             "written by `torchslim registry export`") from e
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise RegistryError(f"{archive}: export format {data.get('format') if isinstance(data, dict) else data!r}"
-                            f" is not {EXPORT_FORMAT}; import it with the torchslim that "
-                            "wrote it")
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found != EXPORT_FORMAT:
+        raise RegistryError(f"{archive}: export format {found!r} is not {EXPORT_FORMAT}; "
+                            "import it with the torchslim that wrote it")
     entries = []
     for i, e in enumerate(data.get("versions") or []):
         source = f"{archive}: versions[{i}] ({e.get('name')}@{e.get('version')})"
