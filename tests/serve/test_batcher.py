@@ -200,20 +200,31 @@ def test_close_answers_every_queued_request_first() -> None:
     assert run(main()) == [0, 2, 4, 6, 8]
 
 
-def test_a_lone_request_waits_at_most_its_queue_delay() -> None:
-    async def main() -> float:
-        batcher = Batcher([RecordingSession()], BatchingConfig(max_queue_delay_ms=30),
+def test_a_lone_client_waits_the_delay_once_then_not_until_requests_coincide() -> None:
+    async def main() -> list[float]:
+        session = RecordingSession()
+        batcher = Batcher([session], BatchingConfig(max_queue_delay_ms=300),
                           batched=True, label="m/1", observer=Depths())
         batcher.start()
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        await batcher.submit(request(1), 1, (2,), None)
-        waited = loop.time() - t0
+        waits = []
+        for i in range(3):   # one client, one request at a time
+            t0 = loop.time()
+            await batcher.submit(request(i), 1, (2,), None)
+            waits.append(loop.time() - t0)
+        t0 = loop.time()    # two at once: batching again, and the wait is back
+        await asyncio.gather(*(batcher.submit(request(i), 1, (2,), None) for i in range(2)))
+        t1 = loop.time()
+        await batcher.submit(request(9), 1, (2,), None)   # after a batch of two: waits
+        waits += [t1 - t0, loop.time() - t1]
         await batcher.close()
-        return waited
+        assert session.batches == [1, 1, 1, 2, 1]
+        return waits
 
-    waited = run(main())
-    assert 0.025 <= waited < 1.0   # held back for others to join, then sent alone
+    first, second, third, pair, after_pair = run(main())
+    assert 0.25 <= first < 2.0            # held back for others to join, then sent alone
+    assert second < 0.15 and third < 0.15  # nobody to wait for: sent at once
+    assert 0.25 <= pair < 2.0 and 0.25 <= after_pair < 2.0
 
 
 @pytest.mark.parametrize("rows", [1, 3])

@@ -217,3 +217,20 @@ def test_an_artifact_rewritten_in_place_is_swapped_on_reload(start, tmp_path: Pa
     assert server.call(server.reload()) == []
     np.testing.assert_allclose(_infer(client, "m", x).as_numpy("y"), h.expected_linear(x, 3),
                                atol=1e-5)
+
+
+def test_http_connections_set_tcp_nodelay(start, linear_repo) -> None:  # noqa: ANN001
+    """Without TCP_NODELAY every response waits ~40 ms for the client's delayed ACK."""
+    import socket
+
+    server = start({"lin": (linear_repo, {})})
+    with socket.create_connection(("127.0.0.1", server.http_port)) as conn:
+        conn.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+
+        async def nodelay() -> list[int]:
+            return [c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                      socket.TCP_NODELAY)
+                    for c in server._http.server.server_state.connections]
+
+        assert server.call(nodelay()) == [1]

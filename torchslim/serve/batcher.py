@@ -5,7 +5,10 @@ Requests wait in a FIFO queue of at most ``max_queue_size``; one more is refused
 session instance, then the longest prefix of the queue that fits ``max_batch_size`` rows
 (requests are packed whole; only requests whose non-batch shapes agree share a batch),
 dispatching as soon as the batch cannot grow, reaches the largest preferred size, or the
-oldest request has waited ``max_queue_delay_ms``. The batch runs on a worker thread —
+oldest request has waited ``max_queue_delay_ms``. One exception: a request that is alone
+(nothing else queued or running) right after a batch that was alone too is sent at once —
+there is no one to wait for, and a lone client should not pay the delay on every call; the
+first coincidence of two requests brings the wait back. The batch runs on a worker thread —
 never on the event loop — and each caller gets its own rows back, in order. While every
 instance is busy the queue keeps filling, so batches grow with the load.
 
@@ -74,6 +77,8 @@ class Batcher:
         self._closing = False
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._last_jobs = 0   # requests in the last batch (0: none yet)
+        self._executing = 0   # batches on worker threads now
         self.peak_depth = 0   # the most requests ever waiting at once (<= max_queue_size)
 
     @property
@@ -127,6 +132,7 @@ class Batcher:
             if jobs is None:
                 self._idle.put_nowait(session)
                 return
+            self._executing += 1
             task = self._loop.create_task(self._execute(session, jobs))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -141,9 +147,13 @@ class Batcher:
                 continue
             jobs, full = self._plan()
             wait = self._queue[0].enqueued + delay - self._loop.time()
-            if full or wait <= 0 or self._closing:
+            if full or wait <= 0 or self._closing or self._alone():
                 return self._take(jobs)
             await self._sleep(wait)
+
+    def _alone(self) -> bool:
+        """One request waiting, none running, and the last batch was one request too."""
+        return len(self._queue) == 1 and self._last_jobs == 1 and not self._executing
 
     def _plan(self) -> tuple[list[_Job], bool]:
         """The queue's longest packable prefix, and whether it can no longer grow."""
@@ -167,6 +177,7 @@ class Batcher:
         for job in jobs:
             self._queue.popleft()
             job.queued = False
+        self._last_jobs = len(jobs)
         self._observer.queue_depth(len(self._queue))
         return jobs
 
@@ -202,6 +213,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(e)
         finally:
+            self._executing -= 1
             self._observer.executed(rows, self._loop.time() - start,
                                     [start - j.enqueued for j in jobs])
             self._idle.put_nowait(session)

@@ -61,7 +61,7 @@ def _rpc(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]
                 logger.exception("gRPC %s failed", method.__name__)
             await context.abort(getattr(grpc.StatusCode, code), error_message(e))
         finally:
-            self.service.metrics.requests.labels("grpc", code).inc()
+            self.service.metrics.request_done("grpc", code)
             if self.service.config.access_log and access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(json.dumps({
                     "ts": round(time.time(), 3), "protocol": "grpc", "client": context.peer(),

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from torchslim.serve.errors import (BadRequestError, PayloadTooLargeError, error_message,
                                     status_of)
@@ -72,20 +73,24 @@ def create_app(service: InferenceService) -> FastAPI:
     async def model_ready(model: str, version: str | None = None) -> Response:
         return _flag("ready", service.model_ready(model, version))
 
-    @app.post("/v2/models/{model}/infer")
-    @app.post("/v2/models/{model}/versions/{version}/infer")
     @_answers
-    async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    async def infer(request: Request) -> Response:
         body = await _read_body(request, limit)
         header = _header_length(request.headers.get("inference-header-content-length"))
+        params = request.path_params
         parsed = await _maybe_offload(len(body), decode_http_request, body, header,
-                                      model=model, version=version)
+                                      model=params["model"], version=params.get("version"))
         result = await service.infer(parsed)
         payload, json_length = encode_http_response(result)
         if json_length is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(json_length)})
+
+    # the hot path as plain Starlette routes, matched first: FastAPI's dependency solving
+    # per request costs more than the whole protocol decode of a small tensor
+    for path in ("/v2/models/{model}/versions/{version}/infer", "/v2/models/{model}/infer"):
+        app.router.routes.insert(0, Route(path, infer, methods=["POST"]))
 
     @app.post("/v2/repository/index")
     @_answers
@@ -226,7 +231,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            self.service.metrics.requests.labels("http", str(status[0])).inc()
+            self.service.metrics.request_done("http", status[0])
             if self.enabled and access_logger.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("", 0)
                 access_logger.info(json.dumps({

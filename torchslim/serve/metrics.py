@@ -10,6 +10,7 @@ Plus every request by protocol and status code, to watch for 5xx.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -52,8 +53,23 @@ class ServerMetrics:
         self.requests = Counter("torchslim_requests", "Requests by protocol and status",
                                 ("protocol", "status"), registry=r)
 
+        self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self._requests: dict[tuple[str, object], Any] = {}
+
     def for_version(self, model: str, version: str) -> VersionMetrics:
-        return VersionMetrics(self, model, version)
+        """The version's metrics, label children bound once (a lookup per request
+        would cost a lock and a dict walk for each of ten metrics)."""
+        key = (model, version)
+        if key not in self._versions:
+            self._versions[key] = VersionMetrics(self, model, version)
+        return self._versions[key]
+
+    def request_done(self, protocol: str, status: object) -> None:
+        key = (protocol, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(protocol, str(status))
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
