@@ -112,7 +112,7 @@ class Candidate:
     method: str
     artifact: Path
     command: list[str]
-    batching: bool = False
+    torchslim: bool = False   # exposes torchslim's /metrics (mean batch size)
     input_name: str = "input"
     served_name: str = "model"
     proc: subprocess.Popen | None = None
@@ -148,9 +148,9 @@ def candidates(model: str, artifact: Path, args: argparse.Namespace, peer: str) 
     peer_cmd = [sys.executable, str(HERE), "--peer", str(artifact), "--threads", str(args.threads)]
     names = {"input_name": open_session(artifact).inputs[0].name,
              "served_name": model_name_for(str(artifact))}
-    return [Candidate(model, "torchslim-batching", artifact, batched, batching=True, **names),
+    return [Candidate(model, "torchslim-batching", artifact, batched, torchslim=True, **names),
             Candidate(model, "torchslim-max-batch-1", artifact, [*serve, "--max-batch-size", "1"],
-                      batching=True, **names),
+                      torchslim=True, **names),
             Candidate(model, peer, artifact, peer_cmd, **names)]
 
 
@@ -218,24 +218,31 @@ def batch_counts(port: int) -> tuple[float, float]:
     """(rows inferred, executions) from a torchslim server's /metrics."""
     import httpx
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    families = list(text_string_to_metric_families(text))
+
     def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M))
+        return sum(s.value for f in families for s in f.samples if s.name == name)
+
     return total("torchslim_inference_count_total"), total("torchslim_inference_exec_count_total")
 
 
 # ---------------------------------------------------------------------- measuring
 
 
-def measure(c: Candidate, payload: bytes, clients: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(c: Candidate, payload: bytes, clients: int,
+            args: argparse.Namespace) -> dict[str, float]:
     asyncio.run(closed_loop(c.port, payload, clients, max(2 * clients, 8)))   # untimed
     time.sleep(args.pause)
-    before = batch_counts(c.port) if c.batching else (0.0, 0.0)
+    before = batch_counts(c.port) if c.torchslim else (0.0, 0.0)
     run = asyncio.run(closed_loop(c.port, payload, clients, args.requests))
-    rows, execs = (np.subtract(batch_counts(c.port), before) if c.batching else (0.0, 0.0))
+    rows, execs = np.subtract(batch_counts(c.port), before) if c.torchslim else (0.0, 0.0)
     lat = np.asarray(run["latencies"])
     ok = run["codes"].get(200, 0)
-    return {"throughput_rps": ok / run["seconds"], "p50_ms": float(np.percentile(lat, 50)),
+    return {"throughput_rps": ok / run["seconds"],
+            "p50_ms": float(np.percentile(lat, 50)),
             "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
             "mean_batch": float(rows / execs) if execs else 1.0,
             "rejected": float(run["codes"].get(429, 0)),
@@ -243,19 +250,20 @@ def measure(c: Candidate, payload: bytes, clients: int, args: argparse.Namespace
             "seconds": run["seconds"]}
 
 
-def measure_model(group: Sequence[Candidate], image: np.ndarray, args: argparse.Namespace) -> None:
+def measure_model(group: Sequence[Candidate], image: np.ndarray,
+                  args: argparse.Namespace) -> None:
     reference = open_session(group[0].artifact, threads=args.threads).run(image)
-    for c in group:
-        try:
-            c.start()
-            payload = request_bytes(c, image)
-            got = asyncio.run(probe(c.port, payload))
-            c.agreement = float(np.array_equal(got.argmax(1), reference.argmax(1)) and
-                                np.allclose(got, reference, rtol=1e-4, atol=1e-4))
-        except Exception as e:  # noqa: BLE001 (the row carries it)
-            c.error = one_line(e)
-    live = [c for c in group if c.error is None]
     try:
+        for c in group:
+            try:
+                c.start()
+                got = asyncio.run(probe(c.port, request_bytes(c, image)))
+                # 1.0: the server's answer is runtime.open(...).run's (same class, 1e-4)
+                c.agreement = float(np.array_equal(got.argmax(1), reference.argmax(1)) and
+                                    np.allclose(got, reference, rtol=1e-4, atol=1e-4))
+            except Exception as e:  # noqa: BLE001 (the row carries it)
+                c.error = one_line(e)
+        live = [c for c in group if c.error is None]
         for clients in args.clients:
             for _ in range(args.rounds):
                 for c in live:          # A B C A B C: a drift of the machine hits all alike
@@ -310,7 +318,8 @@ def checks(rows: list[dict[str, Any]], model: str, peer: str) -> list[dict[str, 
     b, m1 = "torchslim-batching", "torchslim-max-batch-1"
     tput, p99 = (lambda m: get(m, 32, "throughput_rps")), (lambda m: get(m, 32, "p99_ms"))
     figures = [
-        ("32 clients: throughput, batching / max_batch_size=1", ratio(tput(b), tput(m1)), ">=", 2.0),
+        ("32 clients: throughput, batching / max_batch_size=1", ratio(tput(b), tput(m1)), ">=",
+         2.0),
         ("32 clients: p99 ms, batching vs max_batch_size=1", p99(b), "<=", p99(m1)),
         (f"32 clients: throughput, batching / {peer}", ratio(tput(b), tput(peer)), ">=", 1.0),
         (f"32 clients: p99 ms, batching vs {peer}", p99(b), "<=", p99(peer)),
@@ -365,8 +374,10 @@ def build_artifacts(workdir: Path, threads: int) -> dict[str, Path]:
     model = build_model("resnet14", width=16).eval()
     calibration = list(torch.rand(256, 1, 28, 28).split(32))
     prepared = quantize(model, QuantConfig(), calibration=calibration)
-    return {"resnet14-int8": export_qdq(prepared, workdir / "resnet14-int8.onnx", input_shape=(1, 28, 28)),
-            "resnet14-fp32": export_onnx(model, workdir / "resnet14-fp32.onnx", input_shape=(1, 28, 28))}
+    shape = (1, 28, 28)
+    return {"resnet14-int8": export_qdq(prepared, workdir / "resnet14-int8.onnx",
+                                        input_shape=shape),
+            "resnet14-fp32": export_onnx(model, workdir / "resnet14-fp32.onnx", input_shape=shape)}
 
 
 def peer_name() -> tuple[str, str]:
@@ -405,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("pass both --int8 and --fp32, or neither (to build a small model)")
     peer, peer_note = peer_name()
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = ({"int8": args.int8, "fp32": args.fp32} if args.int8 else
+        artifacts = ({"demo-int8": args.int8, "demo-fp32": args.fp32} if args.int8 else
                      build_artifacts(Path(tmp), args.threads))
         image = np.random.default_rng(0).random((1, *_image_shape(next(iter(artifacts.values())))),
                                                 dtype=np.float32)
@@ -418,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         found = checks(rows, int8, peer)
     path = write_results(args.out, BENCH, args.threads, rows, peer=peer, peer_note=peer_note,
                          checks=found, protocol="http (loopback, KServe v2 binary tensors)",
-                         settings={"max_batch_size": MAX_BATCH, "max_queue_delay_ms": QUEUE_DELAY_MS,
+                         settings={"max_batch_size": MAX_BATCH,
+                                   "max_queue_delay_ms": QUEUE_DELAY_MS,
                                    "requests": args.requests, "rounds": args.rounds,
                                    "clients": list(args.clients), "image": list(image.shape)},
                          notes="p50_ms_b1 / p50_ms_b32: median latency at 1 / 32 clients; "

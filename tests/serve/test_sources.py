@@ -86,3 +86,26 @@ def test_without_a_registry_an_alias_is_one_clear_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(sources, "_REGISTRY_MODULES", ("torchslim_no_such_registry",))
     with pytest.raises(ConfigError, match=r"no artifact registry .*pass an artifact file"):
         model_versions("fashion@prod")
+
+
+def test_serving_an_alias_of_the_real_registry_and_moving_it(start, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchslim.artifacts import ModelRegistry, write_manifest
+
+    monkeypatch.setenv("TORCHSLIM_REGISTRY", str(tmp_path / "registry"))
+    registry = ModelRegistry()
+    for seed in (0, 1):
+        path = h.linear(tmp_path / f"v{seed}" / "model.onnx", seed=seed)
+        write_manifest(path, relation="exported")
+        registry.push(path, "fashion")
+    registry.alias("fashion@1.0.0", "prod")
+    server = start({"fashion": ("fashion@prod", {})})
+    client = h.http_client(server)
+    x = h.rows(1)
+    first = client.infer("fashion", [h.http_input("x", x)])
+    assert first.get_response()["model_version"] == "1.0.0"
+    registry.alias("fashion@1.0.1", "prod")
+    client.load_model("fashion")
+    second = client.infer("fashion", [h.http_input("x", x)])
+    assert second.get_response()["model_version"] == "1.0.1"
+    assert abs(second.as_numpy("y") - h.expected_linear(x, seed=1)).max() < 1e-5

@@ -28,6 +28,7 @@ the file, the line and the field: ``repo.yaml:7: models.fashion.max_batch_size: 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any, Union
@@ -96,14 +97,41 @@ def build_model_config(name: str, source: str, options: dict[str, Any]) -> Model
     return ModelConfig(name=name, source=source, batching=BatchingConfig(**batching), **rest)
 
 
+Built = tuple[ServerConfig, Union[ModelConfig, None]]
+
+
 def parse_config(text: str, *, source: str = "<config>", base: Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> tuple[ServerConfig, ModelConfig | None]:
+                 overrides: dict[str, Any] | None = None) -> Built:
     """(server config, template for models a load request adds from the repository).
     ``overrides`` are flat options (CLI flags) applied to every model and the server."""
     base = base or Path.cwd()
     raw, lines = _read_yaml(text, source)
+    doc = _validated(raw, source, lines)
+    overrides = overrides or {}
+    at = functools.partial(_guarded, file=source, lines=lines)
+    model_options = _model_overrides(overrides)
+    defaults = {**(doc.defaults.model_dump() if doc.defaults else {}), **model_options}
+    root = _path(doc.repository, base) if doc.repository else None
+    models, template = [], None
+    if root is not None:
+        found = repository_models(Path(root))
+        models += [at(("defaults",), build_model_config, name, str(path), defaults)
+                   for name, path in found.items() if name not in doc.models]
+        template = at(("defaults",), build_model_config, "template", root, defaults)
+    for name, m in doc.models.items():
+        src = m.source if is_reference(m.source) else _path(m.source, base)
+        options = {**m.model_dump(exclude={"source"}), **model_options}
+        models.append(at(("models", name), build_model_config, name, src, options))
+    server = {k: v for k, v in doc.model_dump(exclude={"models", "defaults"}).items()
+              if v is not None or (k == "grpc_port" and k in raw)}   # null: no gRPC
+    server.update({k: v for k, v in overrides.items() if k in _SERVER_FIELDS})
+    server["repository"] = root
+    return at((), ServerConfig, models=tuple(models), **server), template
+
+
+def _validated(raw: dict[str, Any], source: str, lines: dict[Loc, int]) -> _File:
     try:
-        doc = _File.model_validate(raw)
+        return _File.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
@@ -112,31 +140,9 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
         if err["type"] != "extra_forbidden" and isinstance(value, (str, int, float, bool)):
             msg += f" (got {value!r})"
         raise ConfigError(f"{source}:{_line(lines, loc)}: {_field(loc)}: {msg}") from None
-    overrides = overrides or {}
-    models, template = [], None
-    defaults = {**(doc.defaults.model_dump() if doc.defaults else {}), **_model_overrides(overrides)}
-    root = _path(doc.repository, base) if doc.repository else None
-    for name, found in (repository_models(Path(root)) if root else {}).items():
-        if name not in doc.models:
-            models.append(_guarded(lambda n=name, f=found: build_model_config(n, str(f), defaults),
-                                   source, lines, ("defaults",)))
-    if root:
-        template = _guarded(lambda: build_model_config("template", root, defaults), source, lines,
-                            ("defaults",))
-    for name, m in doc.models.items():
-        options = {**m.model_dump(exclude={"source"}), **_model_overrides(overrides)}
-        src = m.source if is_reference(m.source) else _path(m.source, base)
-        models.append(_guarded(lambda n=name, s=src, o=options: build_model_config(n, s, o), source,
-                               lines, ("models", name)))
-    server = {k: v for k, v in doc.model_dump(exclude={"models", "defaults"}).items()
-              if v is not None or k == "grpc_port" and "grpc_port" in raw}
-    server.update({k: v for k, v in overrides.items() if k in _SERVER_FIELDS})
-    server["repository"] = root
-    return _guarded(lambda: ServerConfig(models=tuple(models), **server), source, lines, ()), template
 
 
-def load_config(path: str | os.PathLike[str], *,
-                overrides: dict[str, Any] | None = None) -> tuple[ServerConfig, ModelConfig | None]:
+def load_config(path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None) -> Built:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; pass a YAML model-repository file")
@@ -144,8 +150,7 @@ def load_config(path: str | os.PathLike[str], *,
                         overrides=overrides)
 
 
-def config_for_source(source: str, *, overrides: dict[str, Any] | None = None
-                      ) -> tuple[ServerConfig, ModelConfig | None]:
+def config_for_source(source: str, *, overrides: dict[str, Any] | None = None) -> Built:
     """The config for ``torchslim serve SOURCE``: one model (a file, a MODEL/VERSION
     directory or name@alias) or every model of a repository directory."""
     overrides = overrides or {}
@@ -177,12 +182,14 @@ def _path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def _guarded(build: Any, source: str, lines: dict[Loc, int], loc: Loc) -> Any:
+def _guarded(loc: Loc, build: Any, *args: Any, file: str, lines: dict[Loc, int],
+             **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)``, a FieldError turned into file:line: field: message."""
     try:
-        return build()
+        return build(*args, **kwargs)
     except FieldError as e:
         where = (*loc, e.field) if e.field != "name" else loc
-        raise ConfigError(f"{source}:{_line(lines, where)}: {_field(where)}: {e.reason}") from None
+        raise ConfigError(f"{file}:{_line(lines, where)}: {_field(where)}: {e.reason}") from None
 
 
 def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Loc, int]]:
@@ -193,7 +200,8 @@ def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Loc, int]]:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)
         line = mark.line + 1 if mark is not None else 1
-        raise ConfigError(f"{source}:{line}: invalid YAML: {' '.join(str(problem).split())}") from None
+        problem = " ".join(str(problem).split())
+        raise ConfigError(f"{source}:{line}: invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}:1: (top level): a server config is a mapping with "
                           f"'models' and/or 'repository', got {type(raw).__name__}")

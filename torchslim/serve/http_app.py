@@ -40,15 +40,27 @@ logger = logging.getLogger(__name__)
 _OFFLOAD_BYTES = 256 << 10
 
 
-def create_app(service: InferenceService) -> FastAPI:
+def create_app(service: InferenceService) -> Any:
+    """The ASGI app: the protocol's routes, wrapped in the access log."""
     app = FastAPI(title="torchslim", docs_url=None, redoc_url=None, openapi_url=None)
-    limit = service.config.max_body_bytes
 
     @app.exception_handler(StarletteHTTPException)
     async def _no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}; "
                       "the protocol's routes are under /v2")
 
+    _health_and_metadata(app, service)
+    _inference(app, service)
+    _repository(app, service)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    return AccessLog(app, service)
+
+
+def _health_and_metadata(app: FastAPI, service: InferenceService) -> None:
     @app.get("/v2/health/live")
     async def live() -> Response:
         return _flag("live", service.live())
@@ -73,6 +85,10 @@ def create_app(service: InferenceService) -> FastAPI:
     async def model_ready(model: str, version: str | None = None) -> Response:
         return _flag("ready", service.model_ready(model, version))
 
+
+def _inference(app: FastAPI, service: InferenceService) -> None:
+    limit = service.config.max_body_bytes
+
     @_answers
     async def infer(request: Request) -> Response:
         body = await _read_body(request, limit)
@@ -91,6 +107,10 @@ def create_app(service: InferenceService) -> FastAPI:
     # per request costs more than the whole protocol decode of a small tensor
     for path in ("/v2/models/{model}/versions/{version}/infer", "/v2/models/{model}/infer"):
         app.router.routes.insert(0, Route(path, infer, methods=["POST"]))
+
+
+def _repository(app: FastAPI, service: InferenceService) -> None:
+    limit = service.config.max_body_bytes
 
     @app.post("/v2/repository/index")
     @_answers
@@ -112,12 +132,6 @@ def create_app(service: InferenceService) -> FastAPI:
     async def unload(request: Request, model: str) -> Response:
         await service.unload(model)
         return JSONResponse({})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
-
-    return AccessLog(app, service)  # type: ignore[return-value]
 
 
 def _answers(route: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:

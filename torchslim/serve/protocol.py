@@ -197,7 +197,8 @@ def _tensor_header(entry: Any) -> tuple[str, str, list[int], Mapping[str, Any]]:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequestError(f"input {name!r}: 'shape' must be a list of sizes >= 0, got "
                               f"{shape!r}")
-    return name, datatype, shape, _mapping(entry.get("parameters", {}), f"input {name!r} parameters")
+    params = _mapping(entry.get("parameters", {}), f"input {name!r} parameters")
+    return name, datatype, shape, params
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:

@@ -84,7 +84,8 @@ class InferenceServer:
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
         """Run ``coro`` on the server's loop from another thread (tests, embedding)."""
-        assert self._loop is not None, "the server is not running"
+        if self._loop is None:
+            raise RuntimeError("the server is not running; start() it first")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def request_stop(self) -> None:
@@ -174,7 +175,14 @@ class InferenceServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        reloads: set[asyncio.Task[Any]] = set()   # held, so a running reload is not collected
+
+        def reload() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
 
     async def _shutdown(self, http: _Http | None, grpc_server: Any) -> None:
         self.service.draining = True

@@ -6,7 +6,8 @@
 * a directory of such model directories — a repository of models;
 * ``fashion@prod`` — whatever the artifact registry resolves the alias to, through a small
   hook (``set_alias_resolver``); by default ``torchslim.artifacts.registry.resolve``,
-  imported only when a reference is used.
+  imported only when a reference is used, with the registry's version as the label, so
+  moving the alias and reloading swaps versions.
 
 Each version carries a fingerprint of its files (names, sizes, mtimes), so a reload sees
 that an artifact changed in place and swaps it.
@@ -14,12 +15,14 @@ that an artifact changed in place and swaps it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torchslim.errors import ArtifactError, ConfigError
 from torchslim.runtime import runtimes_reading
@@ -74,10 +77,22 @@ def _registry_resolver(ref: str) -> AliasResolver:
             if e.name is not None and name.startswith(e.name):
                 continue  # that registry is not installed; a broken one still raises
             raise
-        return module.resolve  # type: ignore[no-any-return]
+        return functools.partial(_from_registry, module)
     raise ConfigError(f"{ref!r} is a registry reference (name@alias), but this install has no "
                       "artifact registry (torchslim.artifacts); pass an artifact file or a "
                       "MODEL/VERSION directory instead")
+
+
+def _from_registry(module: Any, ref: str) -> Path | tuple[Path, str]:
+    """The registry's path for ``ref``, labelled with the version the alias points at
+    (``fashion@prod`` -> ``1.2.0``) when the registry can say which."""
+    path = Path(module.resolve(ref))
+    registry = getattr(module, "ModelRegistry", None)
+    try:
+        version = getattr(registry().get(ref), "version", None) if registry else None
+    except Exception:  # noqa: BLE001 (a label only: the path is what matters)
+        version = None
+    return (path, str(version)) if version else path
 
 
 def model_versions(source: str) -> dict[str, VersionFiles]:
