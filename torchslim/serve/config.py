@@ -53,7 +53,8 @@ class BatchingConfig:
 
     # rows in one execution; requests carrying their own batch dim are packed whole
     max_batch_size: int = 32
-    # the longest the oldest queued request waits for others to join its batch
+    # the longest the oldest queued request waits for others to join its batch (a request
+    # alone right after a batch that was alone too is sent at once: no one to wait for)
     max_queue_delay_ms: float = 2.0
     # sizes the batcher dispatches at as soon as it reaches one (the largest it can form)
     preferred_batch_sizes: tuple[int, ...] = ()
