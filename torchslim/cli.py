@@ -10,6 +10,9 @@ import typer
 
 from torchslim._commands._app import (BatchSizes, Threads, app, command, out_console,
                                       parse_sizes, setup_logging, state)
+from torchslim._commands._options import with_options
+from torchslim.pipeline.quantize import QUANTIZE
+from torchslim.pipeline.training import TRAIN
 
 
 @app.callback()
@@ -38,19 +41,22 @@ def demo(out: Annotated[Path, typer.Option(help="Directory for the report.")] = 
 
 
 @command()
+@with_options(TRAIN)
 def train(model: Annotated[str, typer.Option(help="Zoo model name, e.g. resnet20.")] = "resnet14",
           dataset: Annotated[str, typer.Option(help="fashion-mnist or digits.")] = "fashion-mnist",
-          epochs: int = 6, lr: float = 0.1, batch_size: int = 128, width: Optional[int] = None,
-          seed: int = 0, threads: Threads = 2,
+          *, options: dict[str, Any],
+          batch_size: int = 128, width: Optional[int] = None, threads: Threads = 2,
           out: Annotated[Path, typer.Option(help="Directory for the checkpoint.")] = Path("runs/train"),
           data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
     """Train a zoo model; resumes from OUT/state after an interruption."""
+    import dataclasses
+
     from torchslim.data import load_data
-    from torchslim.train import TrainConfig, accuracy, fit, save_checkpoint
+    from torchslim.train import accuracy, fit, save_checkpoint
     from torchslim.zoo import build_model, model_spec
 
-    config = TrainConfig(epochs=epochs, lr=lr, seed=seed, threads=threads)
-    bundle = load_data(dataset, root=data, batch_size=batch_size, seed=seed)
+    config = dataclasses.replace(TRAIN.plan("cli", **options), threads=threads)
+    bundle = load_data(dataset, root=data, batch_size=batch_size, seed=config.seed)
     kwargs = {"width": width} if width is not None else {}
     net = build_model(model, num_classes=bundle.info.num_classes,
                       in_channels=bundle.info.input_shape[0], **kwargs)
@@ -96,13 +102,10 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
 
 
 @command()
+@with_options(QUANTIZE)
 def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to quantize.")],
-             method: Annotated[str, typer.Option(help="ptq, qat, dynamic (Linear, LSTM) or weight-only (Linear).")] = "ptq",
-             observer: Annotated[str, typer.Option(help="Activation observer: minmax, moving_average, percentile, entropy, mse.")] = "minmax",
-             bits: Annotated[int, typer.Option(help="Weight bits (2-8); activations are 8-bit.")] = 8,
-             calib_batches: Annotated[int, typer.Option(help="Calibration batches of 32 training images.")] = 16,
+             options: dict[str, Any],
              runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
-             qat_epochs: int = 1,
              sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Add the per-layer sensitivity table to the report.")] = False,
              threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
              out: Annotated[Path, typer.Option(help="Directory for the artifact and report.")] = Path("runs/quantize"),
@@ -111,9 +114,8 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
     from torchslim.pipeline.quantize import QuantizeJob, run_quantize
     from torchslim.report import print_table
 
-    job = QuantizeJob(checkpoint=checkpoint, out=out, method=method, observer=observer,
-                      bits=bits, calib_batches=calib_batches, runtime=runtime, threads=threads,
-                      qat_epochs=qat_epochs, sensitivity=sensitivity,
+    job = QuantizeJob(checkpoint=checkpoint, plan=QUANTIZE.plan("cli", **options), out=out,
+                      runtime=runtime, threads=threads, sensitivity=sensitivity,
                       batch_sizes=parse_sizes(batch_sizes), data_root=data)
     result = run_quantize(job)
     print_table(result["results"], console=out_console)
@@ -121,9 +123,10 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
 
 
 @command()
+@with_options(QUANTIZE, only=("bits", "observer"))
 def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
-                bits: Annotated[int, typer.Option(help="Weight bits to test each layer at.")] = 8,
-                observer: str = "minmax", batches: Annotated[int, typer.Option(help="Calibration and scoring batches.")] = 8,
+                options: dict[str, Any],
+                batches: Annotated[int, typer.Option(help="Calibration and scoring batches.")] = 8,
                 threads: Threads = 2,
                 out: Annotated[Path, typer.Option(help="Directory for sensitivity.json.")] = Path("runs/sensitivity"),
                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
@@ -133,17 +136,16 @@ def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.sa
 
     from torchslim import _io
     from torchslim.data import load_data
-    from torchslim.pipeline.quantize import QuantizeJob, sensitivity_report
+    from torchslim.pipeline.quantize import sensitivity_report
     from torchslim.train import load_checkpoint
 
     torch.set_num_threads(threads)
+    plan = QUANTIZE.plan("cli", **options, calib_batches=batches)
     net, meta = load_checkpoint(checkpoint)
     bundle = load_data(meta.get("dataset") or "fashion-mnist", root=data)
-    job = QuantizeJob(checkpoint=checkpoint, bits=bits, observer=observer, calib_batches=batches,
-                      threads=threads)
-    block = sensitivity_report(net, bundle, job, num_batches=batches)
+    block = sensitivity_report(net, bundle, plan, num_batches=batches)
     path = _io.write_json(out / "sensitivity.json", {"checkpoint": str(checkpoint), **block})
-    table = Table(title=f"per-layer sensitivity (w{bits}a8, validation split)")
+    table = Table(title=f"per-layer sensitivity ({plan.label}, validation split)")
     for col in ("layer", "top-1 drop (pts)", "output SQNR (dB)", "params"):
         table.add_column(col, justify="left" if col == "layer" else "right")
     for r in block["layers"]:

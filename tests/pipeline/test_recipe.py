@@ -54,7 +54,7 @@ def test_a_good_recipe_loads_with_its_attempts_in_order() -> None:
     ("data: digits", "data: cifar", 4, ("data", "unknown dataset 'cifar'", "fashion-mnist")),
     ("epochs: 1", "epoch: 1", 7, ("stages[0].epoch", "unknown option", "allowed: epochs")),
     ("{target_macs: 0.7}", "{target_macs: 2}", 11, ("stages[1].fallbacks[0].target_macs",
-                                                    "less than or equal to 1")),
+                                                    "must be in (0, 1]", "the fraction to keep")),
     ("{target_macs: 0.7}", "{ratio: 0.7}", 11, ("stages[1].fallbacks[0].ratio", "unknown option")),
     ("  - kind: export\n", "  - kind: export\n  - kind: finetune\n", 15,
      ("stages[3].kind", "export must be the last stage")),

@@ -1,4 +1,5 @@
-"""`torchslim distill ...` commands."""
+"""`torchslim distill ...`: its options are ``torchslim.pipeline.distill.DISTILL``'s rows (the
+recipe's distill stage shares most of them)."""
 
 from __future__ import annotations
 
@@ -7,61 +8,40 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim._commands._app import BatchSizes, Threads, parse_sizes, command, out_console
-
-StudentOpt = Annotated[str, typer.Option(
-    help="Zoo model name (e.g. resnet8), or 'teacher' for the teacher's architecture "
-         "scaled by --width-mult.")]
-LayerPairs = Annotated[Optional[list[str]], typer.Option(
-    help="STUDENT_LAYER:TEACHER_LAYER; repeat for several pairs.")]
-
+from torchslim._commands._app import BatchSizes, Threads, command, out_console, parse_sizes
+from torchslim._commands._options import with_options
+from torchslim.pipeline.distill import DISTILL
 
 @command("distill")
+@with_options(DISTILL)
 def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (.safetensors).")],
-                student: StudentOpt = "resnet8",
-                width: Annotated[Optional[int], typer.Option(help="Student base width (ResNets).")] = None,
-                width_mult: Annotated[Optional[float], typer.Option(help="Scale every width of the student (0.5 halves).")] = None,
-                depth_mult: Annotated[float, typer.Option(help="Scale the student's depth (ResNets).")] = 1.0,
-                temperature: Annotated[float, typer.Option(help="Softens teacher and student outputs.")] = 4.0,
-                alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to the labels.")] = 0.9,
-                alpha_schedule: Annotated[str, typer.Option(help="constant, warmup or decay.")] = "constant",
-                feature: LayerPairs = None,
-                feature_weight: float = 1.0,
-                attention: LayerPairs = None,
-                attention_weight: float = 500.0,
-                cache_teacher: Annotated[bool, typer.Option("--cache-teacher", help="Run the teacher once (turns off flip augmentation).")] = False,
-                epochs: int = 6, lr: float = 0.1, seed: int = 0, threads: Threads = 2,
+                *, options: dict[str, Any], threads: Threads = 2,
                 batch_sizes: BatchSizes = "1,32",
                 out: Annotated[Path, typer.Option(help="Directory for the student and the report.")] = Path("runs/distill"),
                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
     """Distil a teacher checkpoint into a smaller student; report teacher vs student."""
+    import dataclasses
+
     import torch
 
-    from torchslim.data import load_data
-    from torchslim.distillation import DistillConfig, build_student, distill, scaled_like
     from torchslim._record import record_of
+    from torchslim.data import load_data
+    from torchslim.distillation import distill, make_student
     from torchslim.report import print_table
-    from torchslim.train import TrainConfig, load_checkpoint, save_checkpoint
+    from torchslim.train import load_checkpoint, save_checkpoint
     from torchslim.zoo import model_spec
 
     torch.set_num_threads(threads)
-    config = DistillConfig(temperature=temperature, alpha=alpha, alpha_schedule=alpha_schedule,
-                           features=tuple(feature or ()), feature_weight=feature_weight,
-                           attention=tuple(attention or ()), attention_weight=attention_weight,
-                           cache_teacher=cache_teacher,
-                           train=TrainConfig(epochs=epochs, lr=lr, seed=seed, threads=threads))
+    plan = DISTILL.plan("cli", **options)
+    config = dataclasses.replace(plan.config, train=dataclasses.replace(plan.config.train,
+                                                                        threads=threads))
     sizes = parse_sizes(batch_sizes)
     teacher_model, meta = load_checkpoint(teacher)
     dataset = meta.get("dataset") or "fashion-mnist"
-    bundle = load_data(dataset, root=data, augment=not cache_teacher)
-    torch.manual_seed(seed)
-    if student == "teacher":
-        net = scaled_like(teacher_model, width_mult or 0.5, depth_mult=depth_mult)
-    else:
-        kwargs: dict[str, Any] = {"width": width} if width is not None else {}
-        net = build_student(student, depth_mult=depth_mult, width_mult=width_mult or 1.0,
-                            num_classes=bundle.info.num_classes,
-                            in_channels=bundle.info.input_shape[0], **kwargs)
+    bundle = load_data(dataset, root=data, augment=not config.cache_teacher)
+    torch.manual_seed(config.train.seed)
+    net = make_student(plan.student, teacher_model, num_classes=bundle.info.num_classes,
+                       in_channels=bundle.info.input_shape[0])
     trained = distill(net, teacher_model, bundle, config)
     info = record_of(trained).distillation.to_json()
     spec = model_spec(trained)

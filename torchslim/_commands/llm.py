@@ -10,7 +10,10 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 
 from torchslim._commands._app import app, command, out_console
+from torchslim._commands._options import with_options
 from torchslim.errors import ConfigError
+from torchslim.llm.config import LLMQuantConfig
+from torchslim.pipeline.options import OptionTable, option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,32 +46,45 @@ def _default_calibration() -> list[str]:
     return list(load_austen(books=books).values())
 
 
+def _llm_config(table: OptionTable, values: dict[str, Any]) -> LLMQuantConfig:
+    if values["method"] == "smoothquant":  # W8A8: the grid is fixed
+        values = {**values, "bits": 8, "group_size": 0, "asymmetric": False}
+    return LLMQuantConfig(**table.kwargs(LLMQuantConfig, values))
+
+
+# `torchslim llm quantize`: every option is a field of LLMQuantConfig
+LLM_QUANTIZE = OptionTable("llm quantize", (
+    option("method", LLMQuantConfig, default="gptq",
+           help="rtn, gptq, awq or smoothquant (W8A8)."),
+    option("bits", LLMQuantConfig, help="Weight bits: 3, 4 or 8."),
+    option("group_size", LLMQuantConfig, type=int, default=128, parse=lambda g: g or None,
+           help="Input elements per scale; 0 = per output channel."),
+    option("asymmetric", LLMQuantConfig, field="symmetric", type=bool, default=False,
+           parse=lambda asym: not asym, flag="--asymmetric", help="Grid with a zero point."),
+    option("act_order", LLMQuantConfig, flag="--act-order",
+           help="GPTQ: columns by descending Hessian diagonal."),
+    option("n_samples", LLMQuantConfig, default=32, help="Calibration windows."),
+    option("seq_len", LLMQuantConfig, help="Tokens per calibration window."),
+    option("lm_head", LLMQuantConfig, help="int8 output projection (and tied embedding)."),
+), build=_llm_config)
+
+
 @llm_command("quantize")
+@with_options(LLM_QUANTIZE)
 def quantize_cmd(model: ModelPath,
                  out: Annotated[Path, typer.Option(help="Directory for the quantized model.")],
-                 method: Annotated[str, typer.Option(help="rtn, gptq, awq or smoothquant (W8A8).")] = "gptq",
-                 bits: Annotated[int, typer.Option(help="Weight bits: 3, 4 or 8.")] = 4,
-                 group_size: Annotated[int, typer.Option(help="Input elements per scale; 0 = per output channel.")] = 128,
-                 asymmetric: Annotated[bool, typer.Option("--asymmetric", help="Grid with a zero point.")] = False,
-                 act_order: Annotated[bool, typer.Option("--act-order", help="GPTQ: columns by descending Hessian diagonal.")] = False,
+                 *, options: dict[str, Any],
                  calib_text: Annotated[Optional[list[Path]], typer.Option(help="Calibration text file (repeatable); default: three Austen novels.")] = None,
-                 n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 32,
-                 seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
-                 lm_head: Annotated[bool, typer.Option(help="int8 output projection (and tied embedding).")] = True,
                  threads: Threads = 2) -> None:
     """Quantize MODEL's Linear layers and save the result (safetensors) to OUT."""
     import torch
 
-    from torchslim.llm import LLMQuantConfig, quantize_llm_
+    from torchslim.llm import quantize_llm_
     from torchslim.llm.evaluate import model_nbytes
     from torchslim.llm.model import load_causal_lm, save_quantized
 
     torch.set_num_threads(threads)
-    if method == "smoothquant":
-        bits, group_size, asymmetric = 8, 0, False
-    config = LLMQuantConfig(method=method, bits=bits, group_size=group_size or None,
-                            symmetric=not asymmetric, act_order=act_order, n_samples=n_samples,
-                            seq_len=seq_len, lm_head=lm_head)
+    config = LLM_QUANTIZE.plan("cli", **options)
     texts = None
     if config.needs_calibration:
         texts = _read_texts(calib_text) if calib_text else _default_calibration()

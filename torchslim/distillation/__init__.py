@@ -12,7 +12,7 @@ from torchslim.distillation.distiller import Distiller, StudentWithAdapters
 from torchslim.distillation.features import FeatureTaps, find_module, make_adapter
 from torchslim.distillation.losses import (attention_loss, attention_map, hint_loss, kd_loss,
                                       soft_kd_loss, soft_targets)
-from torchslim.distillation.students import build_student, scaled_like
+from torchslim.distillation.students import StudentConfig, build_student, make_student, scaled_like
 from torchslim.distillation.teachers import teacher_weights
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "DistillConfig",
     "Distiller",
     "FeatureTaps",
+    "StudentConfig",
     "StudentWithAdapters",
     "attention_loss",
     "attention_map",
@@ -30,6 +31,7 @@ __all__ = [
     "hint_loss",
     "kd_loss",
     "make_adapter",
+    "make_student",
     "scaled_like",
     "soft_kd_loss",
     "soft_targets",

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from torchslim._record import record_of
 from torchslim._registry import Registry
 from torchslim.errors import ConfigError, UnknownNameError
 from torchslim.zoo import build_model, list_models, model_spec
 
-__all__ = ["build_student", "scaled_like", "SCALERS"]
+__all__ = ["StudentConfig", "build_student", "make_student", "scaled_like", "SCALERS"]
 
 # family -> fn(name, kwargs, depth_mult, width_mult) -> (zoo name, kwargs)
 Scaler = Callable[[str, dict[str, Any], float, float], tuple[str, dict[str, Any]]]
@@ -74,4 +76,39 @@ def scaled_like(teacher: nn.Module, width_mult: float, *, depth_mult: float = 1.
     kwargs = dict(spec["kwargs"])
     num_classes, in_channels = kwargs.pop("num_classes", 10), kwargs.pop("in_channels", 1)
     return build_student(spec["name"], depth_mult=depth_mult, width_mult=width_mult,
+                         num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentConfig:
+    """Which student to distil into: a zoo model scaled in depth and width, or
+    (``model=None``) the teacher's own architecture with every width scaled."""
+
+    model: str | None = None          # a zoo name; None: the teacher's architecture
+    width_mult: float | None = None   # None: 0.5 of the teacher's widths, 1.0 of a zoo model's
+    depth_mult: float = 1.0
+    width: int | None = None          # a zoo student's base width (ResNets), before width_mult
+
+    def __post_init__(self) -> None:
+        for key, value in (("width_mult", self.width_mult), ("depth_mult", self.depth_mult)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{key}={value} must be > 0 (0.5 halves, 1.0 keeps)")
+        if self.model is not None:
+            _family(self.model)  # UnknownNameError naming the scalable zoo models
+        if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
+            raise ConfigError(f"width={self.width!r} must be a positive integer")
+
+
+def make_student(spec: StudentConfig, teacher: nn.Module, *, num_classes: int = 10,
+                 in_channels: int = 1) -> nn.Module:
+    """A freshly initialised student as ``spec`` says, for ``teacher``."""
+    if spec.model is None:
+        if record_of(teacher).architecture is None:
+            raise ConfigError("the teacher is not a zoo model, so its architecture cannot be "
+                              "scaled; name a zoo student (student: resnet8)")
+        width_mult = 0.5 if spec.width_mult is None else spec.width_mult
+        return scaled_like(teacher, width_mult, depth_mult=spec.depth_mult)
+    kwargs: dict[str, Any] = {"width": spec.width} if spec.width is not None else {}
+    return build_student(spec.model, depth_mult=spec.depth_mult,
+                         width_mult=1.0 if spec.width_mult is None else spec.width_mult,
                          num_classes=num_classes, in_channels=in_channels, **kwargs)

@@ -19,9 +19,8 @@ from torchslim.data import DataBundle, load_data
 from torchslim.distillation import DistillConfig, distill
 from torchslim.evaluation import EvalResult, evaluate
 from torchslim.exporters import export_onnx, export_qdq
-from torchslim.pipeline.prune import PruneJob, prune_model
-from torchslim.pipeline.quantize import (CALIB_BATCH, QuantizeJob, fake_quant_agreement,
-                                         quantize_model)
+from torchslim.pipeline.prune import PRUNE, prune_model
+from torchslim.pipeline.quantize import CALIB_BATCH, QUANTIZE, fake_quant_agreement, quantize_model
 from torchslim.pipeline.recipe import Recipe, load_recipe
 from torchslim.pipeline.runner import run_recipe
 from torchslim.pipeline.teacher import QUICK_TEACHER, TeacherRecipe, get_teacher
@@ -120,9 +119,8 @@ def demo_recipe(opts: DemoOptions) -> Recipe:
 def _ptq_candidate(teacher: torch.nn.Module, data: DataBundle, out: Path, opts: DemoOptions,
                    reference: EvalResult, common: dict[str, Any]) -> EvalResult:
     """W8A8 static PTQ (per-channel s8 weights, u8 activations) on ONNX Runtime."""
-    job = QuantizeJob(checkpoint=out / "teacher.safetensors", out=out, threads=opts.threads,
-                      calib_batches=4 if opts.quick else 16)
-    prepared = quantize_model(teacher, data, job)
+    plan = QUANTIZE.plan(calib_batches=4 if opts.quick else 16)
+    prepared = quantize_model(teacher, data, plan)
     path = export_qdq(prepared, out / "teacher-int8.onnx", input_shape=data.info.input_shape)
     session = open_session(path, threads=opts.threads)
     result = evaluate(session, data.test, name="teacher-int8-onnxruntime", reference=reference,
@@ -130,8 +128,8 @@ def _ptq_candidate(teacher: torch.nn.Module, data: DataBundle, out: Path, opts: 
     result.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, session, data)
     result.extra["quantization"] = {"method": "ptq", "weights": "s8 per-channel symmetric",
                                     "activations": "u8 per-tensor asymmetric",
-                                    "observer": job.observer,
-                                    "calibration_images": job.calib_batches * CALIB_BATCH}
+                                    "observer": plan.observer,
+                                    "calibration_images": plan.calib_batches * CALIB_BATCH}
     return result
 
 
@@ -141,12 +139,11 @@ def _pruned_candidate(teacher: torch.nn.Module, meta: dict[str, Any], data: Data
     """Half the MACs by structured pruning (one residual block, the one whose bypass costs
     least validation loss, then channels in multiples of 16, the block ONNX Runtime's AVX-512
     NCHWc convolutions use), recovery fine-tuning, FP32 on ONNX Runtime."""
-    job = PruneJob(checkpoint=out / "teacher.safetensors", out=out, target_macs=0.5,
-                   round_to=4 if opts.quick else 16, blocks=1,
-                   finetune_epochs=1 if opts.quick else PRUNE_FINETUNE_EPOCHS,
-                   threads=opts.threads)
+    epochs = 1 if opts.quick else PRUNE_FINETUNE_EPOCHS
+    plan = PRUNE.plan(target_macs=0.5, round_to=4 if opts.quick else 16, blocks=1,
+                      finetune_epochs=epochs)
     model = copy.deepcopy(teacher)
-    record = prune_model(model, data, job)
+    record = prune_model(model, data, plan, threads=opts.threads)
     model.eval()
     save_checkpoint(out / "teacher-pruned.safetensors", model, spec=meta.get("architecture"),
                     dataset=meta.get("dataset"), pruning=record)
@@ -156,7 +153,7 @@ def _pruned_candidate(teacher: torch.nn.Module, meta: dict[str, Any], data: Data
                       **common)
     result.extra["pruning"] = {k: record[k] for k in ("macs_before", "macs_after",
                                                       "params_before", "params_after")}
-    result.extra["pruning"]["finetune_epochs"] = job.finetune_epochs
+    result.extra["pruning"]["finetune_epochs"] = epochs
     result.extra["pruning"]["removed_blocks"] = record.get("removed_blocks", [])
     return result, record
 

@@ -1,13 +1,15 @@
-"""The quantize job: checkpoint -> PTQ or QAT -> INT8 artifact on a runtime -> report.
+"""The quantize job: checkpoint -> PTQ, QAT, dynamic or weight-only -> artifact on a
+runtime -> report.
 
 Every figure in its report comes from the runtime it names: the FP32 baseline and the
 INT8 candidate run on the same runtime, with the same threads, on the same test split.
+``QUANTIZE`` is the one table of its options (the CLI's flags and a recipe stage's keys).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,8 @@ from torchslim._registry import Registry
 from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
 from torchslim.evaluation import evaluate
-from torchslim.exporters import export_dynamic, export_onnx, export_qdq, export_weight_only
-from torchslim.quant import QuantSpec, quantize_dynamic, quantize_weight_only
+from torchslim.exporters import export, export_onnx
+from torchslim.pipeline.options import Option, OptionTable, option
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
 from torchslim.quant.sensitivity import layer_sensitivity
@@ -31,89 +33,151 @@ from torchslim.runtime import Session, TorchSession, runtimes_reading
 from torchslim.runtime import open as open_session
 from torchslim.train import TrainConfig, load_checkpoint
 
+__all__ = ["QUANTIZE", "METHODS", "QuantizePlan", "QuantizeJob", "quantize_model",
+           "sensitivity_report", "fake_quant_agreement", "run_quantize", "CALIB_BATCH"]
+
 logger = logging.getLogger(__name__)
 
 CALIB_BATCH = 32
-# method -> (quantize(model, data, job) -> fake-quant model, exporter(model, path, input_shape=))
-METHODS: Registry[tuple[Callable[..., nn.Module], Callable[..., Path]]] = Registry("method")
+QAT_SCHEDULE: dict[str, Any] = {"lr": 1e-3, "schedule": "cosine"}  # QAT fine-tunes gently
+# method name -> the config type it quantizes with ("qat" trains a QuantConfig model)
+METHODS: Registry[type] = Registry("method")
+METHODS.add("ptq", QuantConfig)
+METHODS.add("qat", QuantConfig)
+METHODS.add("dynamic", DynamicQuantConfig)     # Linear and LSTM layers
+METHODS.add("weight-only", WeightOnlyConfig)   # Linear layers only
+_NAMES = {DynamicQuantConfig: "dynamic", WeightOnlyConfig: "weight-only"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizePlan:
+    """What a quantize job (``torchslim quantize``) or a recipe's quantize stage does."""
+
+    config: QuantConfig | DynamicQuantConfig | WeightOnlyConfig
+    qat: TrainConfig | None = None     # quantization-aware training (a QuantConfig only)
+    calib_batches: int = 16            # calibration batches of 32 training images
+
+    def __post_init__(self) -> None:
+        if type(self.config) not in (QuantConfig, DynamicQuantConfig, WeightOnlyConfig):
+            raise ConfigError(f"config must be a QuantConfig, DynamicQuantConfig or "
+                              f"WeightOnlyConfig, not {type(self.config).__name__}")
+        if self.qat is not None and not isinstance(self.config, QuantConfig):
+            raise ConfigError("quantization-aware training needs a QuantConfig")
+        if isinstance(self.calib_batches, bool) or not isinstance(self.calib_batches, int) \
+                or self.calib_batches < 1:
+            raise ConfigError(f"calib_batches={self.calib_batches!r} must be an integer >= 1")
+
+    @property
+    def static(self) -> bool:
+        return isinstance(self.config, QuantConfig)
+
+    @property
+    def method(self) -> str:
+        if self.static:
+            return "qat" if self.qat is not None else "ptq"
+        return _NAMES[type(self.config)]
+
+    @property
+    def bits(self) -> int:
+        """Weight bits (activations are 8-bit, or float for weight-only)."""
+        return self.config.weight.bits if isinstance(self.config, QuantConfig) else self.config.bits
+
+    @property
+    def label(self) -> str:
+        """``w8a8``, ``w4a8``, or ``w8`` for weight-only: in artifact and candidate names."""
+        return f"w{self.bits}" if self.method == "weight-only" else f"w{self.bits}a8"
+
+    @property
+    def precision(self) -> str:
+        """The artifact's precision as a session reports it (``int8`` for w8a8)."""
+        return "int8" if self.label == "w8a8" else self.label
+
+    @property
+    def observer(self) -> str | None:
+        return self.config.activation_observer if isinstance(self.config, QuantConfig) else None
+
+
+def _quantize_plan(table: OptionTable, v: dict[str, Any]) -> QuantizePlan:
+    config_type = METHODS.get(v["method"])   # UnknownNameError listing the methods
+    qat_train = (TrainConfig(**table.kwargs(TrainConfig, v), **QAT_SCHEDULE)
+                 if v["method"] == "qat" else None)
+    return QuantizePlan(config=config_type(**table.kwargs(config_type, v)), qat=qat_train,
+                        **table.kwargs(QuantizePlan, v))
+
+
+# `torchslim quantize` (and `sensitivity`) and a recipe's quantize stage
+QUANTIZE = OptionTable("quantize", (
+    Option("method", {}, type=str, default="ptq",
+           help="ptq, qat, dynamic (Linear, LSTM) or weight-only (Linear)."),
+    option("observer", QuantConfig, field="activation_observer",
+           help="Activation observer: minmax, moving_average, percentile, entropy, mse."),
+    Option("bits", {QuantConfig: "weight.bits", DynamicQuantConfig: "bits",
+                    WeightOnlyConfig: "bits"},
+           help="Weight bits (2-8); activations are 8-bit."),
+    option("calib_batches", QuantizePlan, help="Calibration batches of 32 training images."),
+    option("qat_epochs", TrainConfig, field="epochs", default=1, type=int,
+           help="Quantization-aware training epochs (method qat)."),
+    option("float_layers", QuantConfig, field="skip", flag=None,
+           help="Layer names or regexes kept in float."),
+    option("group_size", WeightOnlyConfig, default=None, flag=None, recipe=False,
+           help="weight-only: one scale per output channel"),
+), build=_quantize_plan)
 
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizeJob:
+    """``torchslim quantize``: the plan, on a checkpoint, measured on a runtime."""
+
     checkpoint: Path
+    plan: QuantizePlan                   # QUANTIZE.plan(method="qat", ...)
     out: Path = Path("runs/quantize")
-    method: str = "ptq"              # "ptq", "qat", "dynamic" or "weight-only"
-    observer: str = "minmax"         # activation observer
-    bits: int = 8                    # weight bits; activations stay 8-bit (u8)
-    calib_batches: int = 16          # of 32 training images each
-    runtime: str = "onnxruntime"     # where the artifact is measured
+    runtime: str = "onnxruntime"         # where the artifact is measured
     threads: int = 2
-    qat_epochs: int = 1
-    sensitivity: bool = False        # add the per-layer sensitivity table to the report
+    sensitivity: bool = False            # add the per-layer sensitivity table to the report
     batch_sizes: tuple[int, ...] = (1, 32)
     data_root: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r}; choose one of "
-                              f"{', '.join(METHODS.names())}")
         if self.runtime not in runtimes_reading(".onnx"):
             raise ConfigError(f"runtime={self.runtime!r}; choose one of "
                               f"{', '.join(runtimes_reading('.onnx'))}")
-        if self.calib_batches < 1:
-            raise ConfigError(f"calib_batches={self.calib_batches} must be >= 1")
-        if self.qat_epochs < 1:
-            raise ConfigError(f"qat_epochs={self.qat_epochs} must be >= 1")
-
-    def config(self) -> QuantConfig:
-        return QuantConfig(weight=QuantSpec(bits=self.bits, granularity="per_channel", axis=0),
-                           activation_observer=self.observer)
 
 
-def _calibration(data: DataBundle, job: QuantizeJob) -> Any:
-    return calibration_subset(data, job.calib_batches * CALIB_BATCH, batch_size=CALIB_BATCH)
+def _calibration(data: DataBundle, plan: QuantizePlan) -> Any:
+    return calibration_subset(data, plan.calib_batches * CALIB_BATCH, batch_size=CALIB_BATCH)
 
 
-def _ptq(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    return quantize(model, job.config(), calibration=_calibration(data, job),
-                    num_batches=job.calib_batches)
+def _config_for(plan: QuantizePlan, model: nn.Module) -> Any:
+    """The plan's config; the dynamic method quantizes the model's LSTMs too, if it has any."""
+    config = plan.config
+    if isinstance(config, DynamicQuantConfig) and any(type(m) is nn.LSTM for m in model.modules()):
+        return dataclasses.replace(config, layers=("linear", "lstm"))
+    return config
 
 
-def _qat(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    return qat(model, data.train, config=job.config(), val=data.val,
-               calibration=_calibration(data, job), num_calib_batches=job.calib_batches,
-               train_config=TrainConfig(epochs=job.qat_epochs, lr=1e-3, schedule="cosine",
-                                        threads=job.threads))
+def quantize_model(model: nn.Module, data: DataBundle, plan: QuantizePlan, *,
+                   threads: int | None = None) -> nn.Module:
+    """The quantized model ``plan`` makes of ``model`` (calibrated, trained on ``threads``,
+    or dynamic); its record names the kind, so ``torchslim.export`` writes its artifact."""
+    config = _config_for(plan, model)
+    if plan.qat is not None:
+        return qat(model, data.train, config=config, val=data.val,
+                   calibration=_calibration(data, plan), num_calib_batches=plan.calib_batches,
+                   train_config=dataclasses.replace(plan.qat, threads=threads))
+    calibration = _calibration(data, plan) if plan.static else None
+    return quantize(model, config, calibration, num_batches=plan.calib_batches)
 
 
-def _dynamic(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    has_lstm = any(isinstance(m, nn.LSTM) for m in model.modules())
-    layers = ("linear", "lstm") if has_lstm else ("linear",)
-    return quantize_dynamic(model, DynamicQuantConfig(bits=job.bits, layers=layers))
-
-
-def _weight_only(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    return quantize_weight_only(model, WeightOnlyConfig(bits=job.bits, group_size=None))
-
-
-METHODS.add("ptq", (_ptq, export_qdq))
-METHODS.add("qat", (_qat, export_qdq))
-METHODS.add("dynamic", (_dynamic, export_dynamic))        # Linear and LSTM layers
-METHODS.add("weight-only", (_weight_only, export_weight_only))  # Linear layers only
-
-
-def quantize_model(model: nn.Module, data: DataBundle, job: QuantizeJob) -> nn.Module:
-    """The fake-quant model the job's method produces (calibrated, trained or dynamic)."""
-    return METHODS.get(job.method)[0](model, data, job)
-
-
-def sensitivity_report(model: nn.Module, data: DataBundle, job: QuantizeJob,
+def sensitivity_report(model: nn.Module, data: DataBundle, plan: QuantizePlan,
                        *, num_batches: int = 8) -> dict[str, Any]:
-    """Each layer quantized alone at the job's settings, most sensitive first, scored on the
+    """Each layer quantized alone at the plan's settings, most sensitive first, scored on the
     validation split (the test split stays untouched for the final figures)."""
-    rows = layer_sensitivity(model, job.config(), calibration=_calibration(data, job),
+    if not plan.static:
+        raise ConfigError(f"the sensitivity table quantizes layers statically; method "
+                          f"{plan.method!r} has none (use ptq or qat)")
+    rows = layer_sensitivity(model, plan.config, calibration=_calibration(data, plan),
                              data=data.val, num_batches=num_batches)
-    return {"weight_bits": job.bits, "observer": job.observer, "split": "val",
+    return {"weight_bits": plan.bits, "observer": plan.observer, "split": "val",
             "layers": [r.to_dict() for r in rows]}
 
 
@@ -132,16 +196,16 @@ def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle
 
 def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     torch.set_num_threads(job.threads)
+    plan = job.plan
     model, meta = load_checkpoint(job.checkpoint)
     data = load_data(meta.get("dataset") or "fashion-mnist", root=job.data_root)
     shape = data.info.input_shape
     stem = Path(job.checkpoint).stem
-    prepared = quantize_model(model, data, job)
-    precision = f"w{job.bits}" if job.method == "weight-only" else f"w{job.bits}a8"
+    prepared = quantize_model(model, data, plan, threads=job.threads)
     fp32_path = export_onnx(model, job.out / f"{stem}-fp32.onnx", input_shape=shape)
-    exporter = METHODS.get(job.method)[1]
-    int8_path = exporter(prepared, job.out / f"{stem}-{job.method}-{precision}.onnx",
-                         input_shape=shape)
+    int8_path = export(prepared, job.out / f"{stem}-{plan.method}-{plan.label}.onnx",
+                       input_shape=shape)
+
     def opener(path: Path, threads: int, precision: str | None = None) -> Session:
         return open_session(path, job.runtime, threads=threads, precision=precision)
 
@@ -151,14 +215,14 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
                     name=f"{stem}-fp32-torch", **common)
     fp32 = evaluate(opener(fp32_path, job.threads), data.test, reference=base, model=model,
                     name=f"{stem}-fp32-{job.runtime}", **common)
-    int8_session = opener(int8_path, job.threads, "int8" if precision == "w8a8" else precision)
+    int8_session = opener(int8_path, job.threads, plan.precision)
     int8 = evaluate(int8_session, data.test, reference=base, model=model,
-                    name=f"{stem}-{job.method}-{precision}-{job.runtime}", **common)
+                    name=f"{stem}-{plan.method}-{plan.label}-{job.runtime}", **common)
     int8.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, int8_session, data)
     base.agreement, base.cosine = 1.0, 1.0
-    extra: dict[str, Any] = {"quantization": _describe(prepared, job)}
+    extra: dict[str, Any] = {"quantization": _describe(prepared, plan)}
     if job.sensitivity:
-        extra["sensitivity"] = sensitivity_report(model, data, job)
+        extra["sensitivity"] = sensitivity_report(model, data, plan)
     paths = write_report(job.out, baseline=base, candidates=[fp32, int8],
                          dataset={"name": data.info.name, "split": "test", "n": base.n},
                          class_names=list(data.info.class_names), title="torchslim quantize",
@@ -166,9 +230,11 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     return {"report": paths, "results": [base, fp32, int8], "artifact": int8_path}
 
 
-def _describe(prepared: nn.Module, job: QuantizeJob) -> dict[str, Any]:
+def _describe(prepared: nn.Module, plan: QuantizePlan) -> dict[str, Any]:
     info = record_of(prepared).quantization
-    return {"method": job.method, "weight_bits": job.bits, "activation_bits": 8,
-            "observer": job.observer, "calibration_images": job.calib_batches * CALIB_BATCH,
+    return {"method": plan.method, "weight_bits": plan.bits,
+            "activation_bits": None if plan.method == "weight-only" else 8,
+            "observer": plan.observer,
+            "calibration_images": plan.calib_batches * CALIB_BATCH if plan.static else 0,
             "quantized_layers": list(info.quantized) if info else [],
             "float_layers": [str(x) for x in info.kept_float] if info else []}

@@ -8,6 +8,10 @@ the field and (where there is a closed set) the allowed values::
 
 ``model`` and ``teacher`` are a zoo name, a ``package.module:function`` entry point or a
 checkpoint path; ``data`` is a dataset name or an entry point returning loaders.
+
+A stage's options are not defined here: each stage schema is made from its command's
+option table (``PRUNE``, ``QUANTIZE``, ``DISTILL``, ``FINETUNE``), whose rows point at the
+config fields (``ChannelPruneConfig.target_macs``, ...) that define and validate them.
 """
 
 from __future__ import annotations
@@ -17,21 +21,27 @@ import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      field_validator, model_validator)
+                      create_model, field_validator, model_validator)
 
 from torchslim._registry import Registry
-from torchslim.errors import ConfigError, TorchslimError
+from torchslim.errors import ConfigError
+from torchslim.pipeline import recipe_errors as errs
+from torchslim.pipeline.distill import DISTILL
+from torchslim.pipeline.options import OptionTable
+from torchslim.pipeline.prune import PRUNE
+from torchslim.pipeline.quantize import QUANTIZE
+from torchslim.pipeline.training import FINETUNE, PRETRAIN
 
 __all__ = ["Recipe", "Budget", "Target", "StageOptions", "DistillOptions", "PruneOptions",
            "QuantizeOptions", "FinetuneOptions", "ExportOptions", "STAGE_SCHEMAS",
            "load_recipe", "parse_recipe", "resolve_entry_point", "builtin_recipe",
            "builtin_recipes"]
 
-Loc = tuple[str | int, ...]
+Loc = errs.Loc
 
 
 class _Strict(BaseModel):
@@ -98,13 +108,6 @@ class Budget(_Strict):
         return min(limits) if limits else 1.0
 
 
-def _known(registry: Any, what: str, value: str) -> str:
-    """``value`` if ``registry`` has it; else the error that lists the allowed names."""
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(registry.names())}")
-    return value
-
-
 class Target(_Strict):
     """Where the artifact will be served, and how it is timed."""
 
@@ -134,15 +137,40 @@ class Target(_Strict):
         return value
 
 
-class Pretrain(_Strict):
-    """Train a zoo ``model`` first (once; cached like the default teacher)."""
+def _table_model(name: str, table: OptionTable, base: type[BaseModel], doc: str,
+                 **fields: Any) -> Any:
+    """A pydantic schema whose fields are ``table``'s recipe keys (typed from the config
+    fields they set) plus ``fields``; ``plan()`` builds the table's configs from them."""
+    model = create_model(name, __base__=base, __doc__=doc, __module__=__name__,
+                         **{**table.recipe_fields(), **fields})
+    model.table = table
+    return model
 
-    epochs: int = Field(6, ge=1)
-    lr: float = Field(0.1, gt=0)
-    seed: int = 0
+
+class _Planned(_Strict):
+    """A schema made from an option table: validated by building the table's configs, so a
+    value they refuse is reported at its key (``OptionError.key``)."""
+
+    table: ClassVar[OptionTable | None] = None
+
+    def plan(self) -> Any:
+        """What the configs say this block does (``PrunePlan``, ``TrainConfig``, ...)."""
+        assert self.table is not None
+        return self.table.plan(**{name: getattr(self, name)
+                                  for name in self.table.recipe_fields()})
+
+    @model_validator(mode="after")
+    def _builds(self) -> _Planned:
+        if self.table is not None:
+            self.plan()  # an OptionError is a ValueError: pydantic reports it here
+        return self
 
 
-class StageOptions(_Strict):
+Pretrain = _table_model("Pretrain", PRETRAIN, _Planned,
+                        "Train a zoo ``model`` first (once; cached like the default teacher).")
+
+
+class StageOptions(_Planned):
     """Fields every stage has. ``fallbacks`` are option overrides tried in order when the
     stage breaks the budget; ``on_fail`` says what happens when all of them do."""
 
@@ -163,81 +191,22 @@ class StageOptions(_Strict):
         return [self, *(type(self).model_validate({**base, **fb}) for fb in self.fallbacks)]
 
 
-class DistillOptions(StageOptions):
-    """Knowledge distillation into a smaller student (the teacher's architecture scaled)."""
-
-    kind: Literal["distill"] = "distill"
-    student: str | None = None        # a zoo name; None: the teacher's family, scaled
-    width_mult: float = Field(0.5, gt=0)
-    depth_mult: float = Field(1.0, gt=0)
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(0.1, gt=0)
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+def _stage(kind: str, table: OptionTable, doc: str, **fields: Any) -> type[StageOptions]:
+    return _table_model(f"{kind.capitalize()}Options", table, StageOptions, doc,
+                        kind=(Literal[kind], kind), **fields)
 
 
-class PruneOptions(StageOptions):
-    """Structured channel pruning (or masks) with recovery fine-tuning; see PruneJob."""
-
-    kind: Literal["prune"] = "prune"
-    structured: bool = True
-    target_macs: float | None = Field(0.5, gt=0, le=1)   # fraction of the MACs to keep
-    target_params: float | None = Field(None, gt=0, le=1)
-    importance: str = "l2"
-    scope: str = "global"
-    round_to: int | None = Field(8, ge=1)
-    protected: tuple[str, ...] = ()
-    blocks: int | tuple[str, ...] = 0    # residual blocks to remove first: a count or names
-    sensitivity: bool = False
-    steps: int = Field(1, ge=1)
-    sparsity: float = Field(0.5, ge=0, lt=1)
-    pattern: str = "unstructured"
-    finetune_epochs: int = Field(2, ge=0)
-    lr: float = Field(0.02, gt=0)
-
-    @model_validator(mode="after")
-    def _valid_job(self) -> PruneOptions:
-        from torchslim.pipeline.prune import PruneJob
-
-        try:
-            PruneJob(checkpoint=Path("-"), **self.job_kwargs())
-        except TorchslimError as e:
-            raise ValueError(str(e)) from None
-        return self
-
-    def job_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"kind", "name", "on_fail", "fallbacks", "max_drop"})
-
-
-class QuantizeOptions(StageOptions):
-    """INT8 (w``bits``a8) static quantization, post-training or quantization-aware."""
-
-    kind: Literal["quantize"] = "quantize"
-    method: Literal["ptq", "qat"] = "ptq"
-    observer: str = "minmax"
-    bits: int = Field(8, ge=2, le=8)
-    calib_batches: int = Field(16, ge=1)
-    qat_epochs: int = Field(1, ge=1)
-    float_layers: tuple[str, ...] = ()   # layer names or regexes kept in float
-    keep_sensitive: int = Field(0, ge=0)  # also keep the N most sensitive layers in float
-
-    @field_validator("observer")
-    @classmethod
-    def _known_observer(cls, value: str) -> str:
-        from torchslim.quant.observers import OBSERVERS
-
-        return _known(OBSERVERS, "observer", value)
-
-
-class FinetuneOptions(StageOptions):
-    """Plain fine-tuning with hard labels (e.g. to recover after pruning)."""
-
-    kind: Literal["finetune"] = "finetune"
-    epochs: int = Field(1, ge=1)
-    lr: float = Field(0.01, gt=0)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    max_steps_per_epoch: int | None = Field(None, ge=1)
+DistillOptions = _stage("distill", DISTILL, "Knowledge distillation into a smaller student "
+                        "(the teacher's architecture scaled, or a zoo model).")
+PruneOptions = _stage("prune", PRUNE, "Structured channel pruning (or masks) with recovery "
+                      "fine-tuning; see ``pipeline.prune.PRUNE``.")
+QuantizeOptions = _stage(
+    "quantize", QUANTIZE, "INT8 (w``bits``a8) static quantization, post-training or "
+    "quantization-aware; see ``pipeline.quantize.QUANTIZE``.",
+    method=(Literal["ptq", "qat"], "ptq"),          # a recipe ships static INT8 artifacts
+    keep_sensitive=(int, Field(0, ge=0)))           # also keep the N most sensitive in float
+FinetuneOptions = _stage("finetune", FINETUNE,
+                         "Plain fine-tuning with hard labels (e.g. to recover after pruning).")
 
 
 class ExportOptions(StageOptions):
@@ -306,7 +275,7 @@ class Recipe(_Strict):
         for i, raw in enumerate(value):
             kind = raw.get("kind") if isinstance(raw, dict) else None
             if kind not in STAGE_SCHEMAS:
-                raise _StageKindError(i, kind)
+                raise _stage_kind_error(i, kind)
         return value
 
     @property
@@ -314,89 +283,12 @@ class Recipe(_Strict):
         return Path(self.output) if self.output else Path("runs") / self.name
 
 
-class _StageKindError(ValueError):
-    def __init__(self, index: int, kind: Any) -> None:
-        allowed = ", ".join(STAGE_SCHEMAS.names())
-        got = "no kind" if kind is None else f"unknown stage {kind!r}"
-        hint = difflib.get_close_matches(str(kind), STAGE_SCHEMAS.names(), n=1)
-        self.index = index
-        super().__init__(f"{got}; allowed: {allowed}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-
-
-# ---------------------------------------------------------------- loading and errors
-
-
-def _line_map(text: str) -> dict[Loc, int]:
-    """Every mapping key / sequence item of the YAML document -> its 1-based line."""
-    lines: dict[Loc, int] = {}
-
-    def walk(node: yaml.Node, loc: Loc) -> None:
-        lines[loc] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key, child in node.value:
-                lines[(*loc, key.value)] = key.start_mark.line + 1
-                walk_child(child, (*loc, key.value))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, child in enumerate(node.value):
-                walk(child, (*loc, i))
-
-    def walk_child(child: yaml.Node, loc: Loc) -> None:
-        line = lines[loc]
-        walk(child, loc)
-        lines[loc] = line  # the key's line, not the value's
-
-    root = yaml.compose(text)
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
-def _field(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _clean(loc: Loc) -> Loc:
-    """Drop the union tag pydantic puts after ``stages[i]`` (the stage kind)."""
-    return tuple(p for i, p in enumerate(loc)
-                 if not (i >= 2 and loc[i - 2] == "stages" and isinstance(loc[i - 1], int)
-                         and p in STAGE_SCHEMAS))
-
-
-def _line(lines: dict[Loc, int], loc: Loc) -> int:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return 1
-
-
-def _message(err: dict[str, Any]) -> str:
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    if err["type"] == "extra_forbidden":
-        return "unknown option"
-    if isinstance(value, (str, int, float, bool)) and repr(value) not in msg:
-        msg += f" (got {value!r})"
-    return msg
-
-
-def _first_error(e: ValidationError, source: str, lines: dict[Loc, int], raw: dict[str, Any],
-                 prefix: Loc = ()) -> ConfigError:
-    errors = e.errors()
-    err = errors[0]
-    loc = (*prefix, *_clean(tuple(err["loc"])))
-    cause = err.get("ctx", {}).get("error")
-    if isinstance(cause, _StageKindError):
-        loc = ("stages", cause.index, "kind")
-    msg = _message(err)
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc, raw)
-        msg += f"; allowed: {', '.join(allowed)}" if allowed else ""
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ConfigError(f"{source}:{_line(lines, loc)}: {_field(loc)}: {msg}{more}")
+def _stage_kind_error(index: int, kind: Any) -> errs.StageKindError:
+    allowed = ", ".join(STAGE_SCHEMAS.names())
+    got = "no kind" if kind is None else f"unknown stage {kind!r}"
+    hint = difflib.get_close_matches(str(kind), STAGE_SCHEMAS.names(), n=1)
+    return errs.StageKindError(index, f"{got}; allowed: {allowed}"
+                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
 
 def _allowed_keys(loc: Loc, raw: dict[str, Any]) -> list[str]:
@@ -405,13 +297,13 @@ def _allowed_keys(loc: Loc, raw: dict[str, Any]) -> list[str]:
         stages = raw.get("stages") or []
         kind = _kind_of(stages[loc[1]]) if loc[1] < len(stages) else None
         return STAGE_SCHEMAS.get(kind).field_names() if kind in STAGE_SCHEMAS else []
-    model: Any = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        model = getattr(field, "annotation", None)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-    return sorted(model.model_fields)
+    return errs.model_keys(Recipe, loc)
+
+
+def _first_error(e: ValidationError, source: str, lines: dict[Loc, int], raw: dict[str, Any],
+                 prefix: Loc = ()) -> ConfigError:
+    return errs.first_error(e, source, lines, kinds=set(STAGE_SCHEMAS.names()),
+                            allowed_keys=lambda loc: _allowed_keys(loc, raw), prefix=prefix)
 
 
 def _check_stages(recipe: Recipe, source: str, lines: dict[Loc, int]) -> None:
@@ -420,7 +312,7 @@ def _check_stages(recipe: Recipe, source: str, lines: dict[Loc, int]) -> None:
     first_quant = kinds.index("quantize") if "quantize" in kinds else len(kinds)
     for i, stage in enumerate(recipe.stages):
         loc: Loc = ("stages", i, "kind")
-        where = f"{source}:{_line(lines, loc)}: {_field(loc)}"
+        where = f"{source}:{errs.line_of(lines, loc)}: {errs.field_name(loc)}"
         if stage.kind == "export" and i != len(kinds) - 1:
             raise ConfigError(f"{where}: export must be the last stage")
         if i > first_quant and stage.kind != "export":
@@ -435,7 +327,7 @@ def _check_stages(recipe: Recipe, source: str, lines: dict[Loc, int]) -> None:
                                    ("stages", i, "fallbacks", j)) from None
     names = [stage_name(i, s) for i, s in enumerate(recipe.stages)]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{source}:{_line(lines, ('stages',))}: stages: two stages share a "
+        raise ConfigError(f"{source}:{errs.line_of(lines, ('stages',))}: stages: two stages share a "
                           f"name ({', '.join(names)}); give each a distinct name")
 
 
@@ -449,7 +341,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>",
     """Validate YAML ``text``; ``overrides`` are top-level keys replacing the file's."""
     try:
         raw = yaml.safe_load(text)
-        lines = _line_map(text)
+        lines = errs.line_map(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1

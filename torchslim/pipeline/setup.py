@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from torchslim.data import DataBundle, DatasetInfo, dataset_names, load_data
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import Recipe, resolve_entry_point
-from torchslim.train import TrainConfig, load_checkpoint, read_checkpoint
+from torchslim.train import load_checkpoint, read_checkpoint
 from torchslim.train.checkpoint import load_state_, rebuild_
 
 __all__ = ["load_data_for", "load_model_for", "load_float"]
@@ -96,7 +96,7 @@ def _pretrained(recipe: Recipe, ref: str, data: DataBundle, args: dict[str, Any]
     batch = recipe.data_args.get("batch_size", 128)
     dataset = recipe.data if batch == 128 else f"{recipe.data}@batch{batch}"
     teacher = TeacherRecipe(model=ref, model_kwargs=dict(args), dataset=dataset,
-                            train=TrainConfig(epochs=pre.epochs, lr=pre.lr, seed=pre.seed),
+                            train=pre.plan(),
                             train_limit=recipe.data_args.get("train_limit"))
     model, _, cached = get_teacher(teacher, data, cache=cache)
     logger.info("%s %s", "reused cached" if cached else "trained", ref)

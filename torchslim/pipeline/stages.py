@@ -3,8 +3,10 @@
 A stage function takes the current ``State`` (a float model and the artifact measured on
 the target runtime), the stage's options (``torchslim.pipeline.recipe``), the run's
 ``StageContext`` and a fresh directory, and returns the new state. It never changes the
-state it is given: the runner keeps that one to roll back to. The algorithms are the
-ones the single-purpose jobs use (``PruneJob``, ``QuantizeJob``, ``distill``, ``fit``).
+state it is given: the runner keeps that one to roll back to. A stage's options build its
+plan (``opts.plan()``: the configs of its command's option table), and the algorithms are
+the ones the single-purpose jobs use (``prune_model``, ``quantize_model``, ``distill``,
+``fit``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from torchslim._record import record_of
 from torchslim._registry import Registry
 from torchslim.data import DataBundle
 from torchslim.errors import ConfigError
-from torchslim.exporters import export_onnx
-from torchslim.pipeline.quantize import METHODS, QuantizeJob, quantize_model, sensitivity_report
-from torchslim.pipeline.recipe import (STAGE_SCHEMAS, DistillOptions, ExportOptions,
-                                       FinetuneOptions, PruneOptions, QuantizeOptions,
-                                       StageOptions, Target)
+from torchslim.exporters import export, export_onnx
+from torchslim.pipeline.prune import prune_model
+from torchslim.pipeline.quantize import QuantizePlan, quantize_model, sensitivity_report
+from torchslim.pipeline.recipe import STAGE_SCHEMAS, ExportOptions, StageOptions, Target
 from torchslim.train import TrainConfig, fit
 
 __all__ = ["State", "StageContext", "STAGES", "run_stage", "ARTIFACT"]
@@ -82,88 +83,63 @@ def _float_state(model: nn.Module, ctx: StageContext, out: Path, record: dict[st
     return State(model=model, artifact=path, precision="fp32", record=record)
 
 
-def _train_config(ctx: StageContext, *, epochs: int, lr: float, schedule: str = "cosine",
-                  max_steps_per_epoch: int | None = None) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=lr, schedule=schedule, seed=ctx.seed,
-                       threads=ctx.target.threads, max_steps_per_epoch=max_steps_per_epoch)
+def _train(train: TrainConfig, ctx: StageContext) -> TrainConfig:
+    """A stage's training schedule, on the run's seed and the target's threads."""
+    return dataclasses.replace(train, seed=ctx.seed, threads=ctx.target.threads)
 
 
 @STAGES.register("distill")
-def _distill(state: State, opts: DistillOptions, ctx: StageContext, out: Path) -> State:
-    from torchslim.distillation import DistillConfig, build_student, distill, scaled_like
+def _distill(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
+    from torchslim.distillation import distill, make_student
 
+    plan = opts.plan()
     info = ctx.data.info
-    if opts.student is not None:
-        student = build_student(opts.student, width_mult=opts.width_mult,
-                                depth_mult=opts.depth_mult, num_classes=info.num_classes,
-                                in_channels=info.input_shape[0])
-    elif record_of(ctx.teacher).architecture:
-        student = scaled_like(ctx.teacher, opts.width_mult, depth_mult=opts.depth_mult)
-    else:
-        raise ConfigError("distill: the teacher is not a zoo model, so its architecture "
-                          "cannot be scaled; set the stage's student: <zoo name>")
-    train = _train_config(ctx, epochs=opts.epochs, lr=opts.lr, schedule="onecycle",
-                          max_steps_per_epoch=opts.max_steps_per_epoch)
-    config = DistillConfig(temperature=opts.temperature, alpha=opts.alpha, train=train)
+    try:
+        student = make_student(plan.student, ctx.teacher, num_classes=info.num_classes,
+                               in_channels=info.input_shape[0])
+    except ConfigError as e:
+        raise ConfigError(f"distill: {e}") from None
+    config = dataclasses.replace(plan.config, train=_train(plan.config.train, ctx))
     trained = distill(student, ctx.teacher, ctx.data, config)
-    info = record_of(trained).distillation
-    return _float_state(trained, ctx, out, {"history": list(info.history) if info else []})
+    done = record_of(trained).distillation
+    return _float_state(trained, ctx, out, {"history": list(done.history) if done else []})
 
 
 @STAGES.register("prune")
-def _prune(state: State, opts: PruneOptions, ctx: StageContext, out: Path) -> State:
-    from torchslim.pipeline.prune import PruneJob, prune_model
-
-    job = PruneJob(checkpoint=Path("-"), threads=ctx.target.threads, **opts.job_kwargs())
+def _prune(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
     model = copy.deepcopy(state.model)
-    record = prune_model(model, ctx.data, job)
+    record = prune_model(model, ctx.data, opts.plan(), threads=ctx.target.threads)
     record.pop("sensitivity", None)   # per-group tables: large, and kept by `torchslim prune`
     record.pop("layers", None)
     return _float_state(model, ctx, out, record)
 
 
 @STAGES.register("finetune")
-def _finetune(state: State, opts: FinetuneOptions, ctx: StageContext, out: Path) -> State:
+def _finetune(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
     model = copy.deepcopy(state.model)
-    config = _train_config(ctx, epochs=opts.epochs, lr=opts.lr, schedule=opts.schedule,
-                           max_steps_per_epoch=opts.max_steps_per_epoch)
-    history = fit(model, ctx.data.train, config=config, val=ctx.data.val)
+    history = fit(model, ctx.data.train, config=_train(opts.plan(), ctx), val=ctx.data.val)
     return _float_state(model, ctx, out, {"history": history})
 
 
-@dataclass(frozen=True, kw_only=True)
-class _RecipeQuantizeJob(QuantizeJob):
-    """A QuantizeJob that also keeps named layers in float (the guard's fallback)."""
-
-    skip: tuple[str, ...] = ()
-
-    def config(self) -> Any:
-        return dataclasses.replace(super().config(), skip=self.skip)
-
-
 @STAGES.register("quantize")
-def _quantize(state: State, opts: QuantizeOptions, ctx: StageContext, out: Path) -> State:
+def _quantize(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
     if state.quantized:
         raise ConfigError("quantize: the model is already quantized; use one quantize stage")
-    job = _RecipeQuantizeJob(checkpoint=Path("-"), out=out, method=opts.method,
-                             observer=opts.observer, bits=opts.bits,
-                             calib_batches=opts.calib_batches, qat_epochs=opts.qat_epochs,
-                             threads=ctx.target.threads, runtime=ctx.target.runtime,
-                             skip=tuple(opts.float_layers))
+    plan: QuantizePlan = opts.plan()
     sensitive: list[str] = []
-    if opts.keep_sensitive:
-        table = sensitivity_report(state.model, ctx.data, job, num_batches=4)
+    if opts.keep_sensitive:   # the guard's fallback: the most sensitive layers stay float
+        table = sensitivity_report(state.model, ctx.data, plan, num_batches=4)
         sensitive = [row["name"] for row in table["layers"][:opts.keep_sensitive]]
-        job = dataclasses.replace(job, skip=(*job.skip, *sensitive))
+        skip = (*plan.config.skip, *sensitive)
+        plan = dataclasses.replace(plan, config=dataclasses.replace(plan.config, skip=skip))
     torch.manual_seed(ctx.seed)
-    prepared = quantize_model(state.model, ctx.data, job)
-    path = METHODS.get(opts.method)[1](prepared, out / ARTIFACT, input_shape=ctx.input_shape)
-    precision = "int8" if opts.bits == 8 else f"w{opts.bits}a8"
+    prepared = quantize_model(state.model, ctx.data, plan, threads=ctx.target.threads)
+    path = export(prepared, out / ARTIFACT, input_shape=ctx.input_shape)
     info = record_of(prepared).quantization
-    record = {"method": opts.method, "weight_bits": opts.bits, "observer": opts.observer,
-              "float_layers": list(job.skip), "sensitive_layers_kept": sensitive,
+    record = {"method": plan.method, "weight_bits": plan.bits, "observer": plan.observer,
+              "float_layers": list(plan.config.skip), "sensitive_layers_kept": sensitive,
               "quantized_layers": len(info.quantized) if info else 0}
-    return State(model=state.model, artifact=path, precision=precision, record=record)
+    return State(model=state.model, artifact=path, precision=plan.precision, record=record)
 
 
 @STAGES.register("export")

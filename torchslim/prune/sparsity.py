@@ -30,10 +30,10 @@ LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 @dataclass(frozen=True, kw_only=True)
 class SparsityConfig:
     """Which weights to zero: ``sparsity`` of them (unstructured), or N of every M
-    consecutive input weights (``pattern="n:m"``, e.g. n=2, m=4)."""
+    consecutive input weights (``pattern="n:m"`` with n=2, m=4, or ``pattern="2:4"``)."""
 
     sparsity: float = 0.5
-    pattern: str = "unstructured"
+    pattern: str = "unstructured"       # "unstructured", "n:m", or N:M itself ("2:4")
     n: int = 2
     m: int = 4
     scope: str = "global"               # one threshold for all layers, or per layer
@@ -43,8 +43,14 @@ class SparsityConfig:
     taylor_batches: int = 8
 
     def __post_init__(self) -> None:
+        n, colon, m = str(self.pattern).partition(":")
+        if colon and n.isdigit() and m.isdigit():  # "2:4" is pattern "n:m" with n=2, m=4
+            object.__setattr__(self, "pattern", "n:m")
+            object.__setattr__(self, "n", int(n))
+            object.__setattr__(self, "m", int(m))
         if self.pattern not in PATTERNS:
-            raise ConfigError(f"pattern={self.pattern!r}; choose one of {PATTERNS}")
+            raise ConfigError(f"pattern={self.pattern!r}; use 'unstructured' or N:M such as "
+                              "'2:4'")
         if self.score not in SCORES:
             raise ConfigError(f"score={self.score!r}; choose one of {SCORES}")
         if self.scope not in ("global", "layer"):
@@ -53,6 +59,11 @@ class SparsityConfig:
             raise ConfigError(f"sparsity={self.sparsity} must be in [0, 1)")
         if self.pattern == "n:m" and not 0 < self.n < self.m:
             raise ConfigError(f"n={self.n}, m={self.m}: need 0 < n < m (2:4 keeps 2 of every 4)")
+
+    @property
+    def pattern_name(self) -> str:
+        """``"unstructured"`` or N:M, e.g. ``"2:4"``."""
+        return f"{self.n}:{self.m}" if self.pattern == "n:m" else self.pattern
 
     @property
     def target(self) -> float:

@@ -61,8 +61,9 @@ class ChannelPruneConfig:
         for name in ("target_macs", "target_params"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
+                what = "MACs" if name == "target_macs" else "parameters"
                 raise ConfigError(f"{name}={value} must be in (0, 1]: the fraction to keep "
-                                  f"(0.5 halves the {name[7:].upper() if name.endswith('macs') else 'parameters'})")
+                                  f"(0.5 halves the {what})")
         for value in [self.ratio, *(self.ratios or {}).values()]:
             if value is not None and not 0 <= value < 1:
                 raise ConfigError(f"ratio={value} must be in [0, 1): the share of channels to remove")

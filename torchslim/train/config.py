@@ -43,3 +43,8 @@ class TrainConfig:
             raise ConfigError(f"schedule={self.schedule!r}; choose one of {SCHEDULES}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        for name in ("max_steps_per_epoch", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1 or None")
