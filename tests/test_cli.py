@@ -97,11 +97,31 @@ def test_train_then_evaluate_against_a_reference(fake_fashion: Path, tmp_path: P
     (["--bits", "12"], ("bits=12",)),
     (["--runtime", "tensorrt"], ("tensorrt", "onnxruntime")),
     (["--method", "awq"], ("awq", "ptq")),
+    (["--observer", "percentile", "--percentile", "101"], ("percentile=101", "(0, 100]")),
+    (["--percentile", "99.9"], ("activation_observer='percentile'", "'minmax'")),
 ])
 def test_quantize_rejects_bad_options(checkpoint: Path, fake_fashion: Path, args: list[str],
                                       needles: tuple[str, ...], one_line_error) -> None:
     result = runner.invoke(app, ["quantize", str(checkpoint), "--data", str(fake_fashion), *args])
     one_line_error(result, *needles)
+
+
+def test_quantize_flags_reach_the_config(checkpoint: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run itself is replaced: this checks what the flags build, in a second."""
+    import torchslim.pipeline.quantize as job_module
+    import torchslim.report
+
+    jobs = []
+    monkeypatch.setattr(job_module, "run_quantize", lambda job: jobs.append(job) or {
+        "results": [], "artifact": tmp_path / "a.onnx", "report": {"html": tmp_path / "r.html"}})
+    monkeypatch.setattr(torchslim.report, "print_table", lambda *a, **k: None)
+    result = runner.invoke(app, ["quantize", str(checkpoint), "--observer", "percentile",
+                                 "--percentile", "99.9", "--bits", "4", "--calib-batches", "3"])
+    assert result.exit_code == 0, result.output
+    plan = jobs[0].plan
+    assert (plan.method, plan.calib_batches, plan.bits) == ("ptq", 3, 4)
+    assert plan.config.activation_observer_kwargs == {"percentile": 99.9}
 
 
 @pytest.mark.slow

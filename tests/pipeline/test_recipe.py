@@ -56,6 +56,9 @@ def test_a_good_recipe_loads_with_its_attempts_in_order() -> None:
     ("{target_macs: 0.7}", "{target_macs: 2}", 11, ("stages[1].fallbacks[0].target_macs",
                                                     "must be in (0, 1]", "the fraction to keep")),
     ("{target_macs: 0.7}", "{ratio: 0.7}", 11, ("stages[1].fallbacks[0].ratio", "unknown option")),
+    ("method: ptq", "method: ptq\n    bits: 12", 15, ("stages[2].bits", "bits=12", "[2, 8]")),
+    ("method: ptq", "method: ptq\n    observer: kl", 15, ("stages[2].observer",
+                                                       "unknown observer 'kl'", "entropy")),
     ("  - kind: export\n", "  - kind: export\n  - kind: finetune\n", 15,
      ("stages[3].kind", "export must be the last stage")),
     ("  - kind: export\n", "  - kind: finetune\n", 15,
@@ -72,6 +75,20 @@ def test_malformed_recipes_name_file_line_and_field(old: str, new: str, line: in
     assert message.startswith(f"r.yaml:{line}: "), message
     for needle in needles:
         assert needle in message, message
+
+
+def test_the_percentile_option_reaches_the_quant_config() -> None:
+    text = GOOD.replace("    method: ptq\n", "    method: ptq\n    observer: percentile\n"
+                                               "    percentile: 99.9\n")
+    config = parse_recipe(text).stages[2].plan().config
+    assert (config.activation_observer, config.activation_percentile) == ("percentile", 99.9)
+    assert config.activation_observer_kwargs == {"percentile": 99.9}
+    with pytest.raises(ConfigError, match=r"^r.yaml:16: stages\[2\]\.percentile: "
+                                          r"percentile=101(\.0)? must be in \(0, 100\]"):
+        parse_recipe(text.replace("99.9", "101"), source="r.yaml")
+    with pytest.raises(ConfigError, match=r"^r.yaml:16: stages\[2\]\.percentile: .*"
+                                          r"activation_observer='percentile', not 'minmax'"):
+        parse_recipe(text.replace("observer: percentile", "observer: minmax"), source="r.yaml")
 
 
 def test_top_level_errors() -> None:

@@ -126,3 +126,22 @@ def test_bias_correction_does_not_hurt(digits: dict[str, Any], bits: int,
     plain = _ptq_top1(digits, QuantConfig(weight=weight))
     corrected = _ptq_top1(digits, QuantConfig(weight=weight, bias_correction=True))
     assert corrected >= plain - tolerance
+
+
+@pytest.mark.parametrize("percentile", [None, 99.0])
+def test_the_percentile_observer_clips_where_the_config_says(percentile: float | None) -> None:
+    """Activations of 0..1 with 1 % outliers at 100: the default (99.99) keeps the outliers in
+    range, a 99th-percentile clip cuts them off."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 8)).eval()
+    x = torch.rand(64, 64)
+    x.view(-1)[torch.randperm(x.numel())[: x.numel() // 100]] = 100.0
+    config = QuantConfig(activation_observer="percentile", activation_percentile=percentile)
+    q = quantize(model, config, calibration=[x], num_batches=1)
+    observers = [fq.observer for name, fq in fake_quantizers(q) if "weight" not in name]
+    expected = 99.99 if percentile is None else percentile
+    assert observers and all(obs.percentile == expected for obs in observers)
+    input_scale = next(fq.scale for name, fq in fake_quantizers(q) if "weight" not in name)
+    top = float(input_scale) * 255   # the largest input the u8 grid represents
+    assert (top > 99.0) if percentile is None else (top < 1.01)
+

@@ -35,6 +35,9 @@ def test_config_is_frozen() -> None:
     (dict(skip=("layer[",)), "not a valid regex"),
     (dict(overrides={"fc": 8}), "LayerOverride"),
     (dict(activation=QuantSpec(granularity="per_channel")), "per_tensor"),
+    (dict(activation_observer="percentile", activation_percentile=101.0),
+     "percentile=101.0 must be in (0, 100]"),
+    (dict(activation_percentile=99.9), "use it with activation_observer='percentile'"),
     (dict(overrides={"fc": LayerOverride(activation=QuantSpec(granularity="per_channel"))}),
      "overrides['fc'].activation"),
 ])

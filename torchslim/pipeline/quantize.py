@@ -111,6 +111,9 @@ QUANTIZE = OptionTable("quantize", (
            help="ptq, qat, dynamic (Linear, LSTM) or weight-only (Linear)."),
     option("observer", QuantConfig, field="activation_observer",
            help="Activation observer: minmax, moving_average, percentile, entropy, mse."),
+    option("percentile", QuantConfig, field="activation_percentile",
+           help="Percentile observer: clip activations at this percentile of |x| (99.9 clips "
+           "harder; default 99.99)."),
     Option("bits", {QuantConfig: "weight.bits", DynamicQuantConfig: "bits",
                     WeightOnlyConfig: "bits"},
            help="Weight bits (2-8); activations are 8-bit."),

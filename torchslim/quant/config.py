@@ -23,7 +23,7 @@ from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec
-from torchslim.quant.observers import OBSERVERS
+from torchslim.quant.observers import OBSERVERS, make_observer
 
 __all__ = ["QuantConfig", "DynamicQuantConfig", "WeightOnlyConfig", "LayerOverride", "LayerPlan",
            "LAYER_POLICIES", "DYNAMIC_LAYERS", "DEFAULT_WEIGHT", "DEFAULT_ACTIVATION",
@@ -90,6 +90,8 @@ class QuantConfig:
     activation: QuantSpec = DEFAULT_ACTIVATION
     weight_observer: str = "minmax"       # weights are fixed: min-max is exact for them
     activation_observer: str = "minmax"   # any name in OBSERVERS (entropy, percentile, ...)
+    activation_percentile: float | None = None  # percentile observer: clip at this percentile
+                                                # of |x|; None: the observer's own (99.99)
     overrides: Mapping[str, LayerOverride] = field(default_factory=dict)  # name or regex
     skip: tuple[str, ...] = ()            # layer / submodule names or regexes kept in float
     first_layer: str = "quantize"         # the input layer is often the most sensitive
@@ -103,6 +105,14 @@ class QuantConfig:
         _check_activation(self.activation, "activation")
         for name in ("weight_observer", "activation_observer"):
             OBSERVERS.get(getattr(self, name))  # UnknownNameError listing the known names
+        if self.activation_percentile is not None:
+            if self.activation_observer != "percentile":
+                raise ConfigError(f"activation_percentile={self.activation_percentile} sets the "
+                                  "percentile observer's clip point; use it with "
+                                  f"activation_observer='percentile', not "
+                                  f"{self.activation_observer!r}")
+            # the observer owns the valid range
+            make_observer("percentile", self.activation, percentile=self.activation_percentile)
         for name in ("first_layer", "last_layer"):
             if getattr(self, name) not in LAYER_POLICIES:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be one of "
@@ -122,6 +132,13 @@ class QuantConfig:
         object.__setattr__(self, "overrides", ReadOnlyDict(self.overrides))
         for pattern in (*self.skip, *self.overrides):
             _compile(pattern)
+
+    @property
+    def activation_observer_kwargs(self) -> dict[str, Any]:
+        """The options this config gives its activation observer."""
+        if self.activation_percentile is None:
+            return {}
+        return {"percentile": self.activation_percentile}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:

@@ -205,7 +205,8 @@ class _Inserter:
         name, i = f"{base}_act_fq", 1
         while hasattr(self.gm, name):
             name, i = f"{base}_act_fq{i}", i + 1
-        self.gm.add_submodule(name, FakeQuantize(spec, observer=self.config.activation_observer))
+        self.gm.add_submodule(name, FakeQuantize(spec, observer=self.config.activation_observer,
+                                                 **self.config.activation_observer_kwargs))
         self.rules[name] = rule
         return name
 
