@@ -17,7 +17,7 @@ INPUT_SHAPE = (1, 8, 8)
 @pytest.fixture(scope="module", autouse=True)
 def no_pause():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(latency, "_SWITCH_PAUSE_S", 0.0)
+        mp.setattr(latency, "SWITCH_PAUSE_S", 0.0)
         yield
 
 

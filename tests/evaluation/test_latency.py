@@ -19,7 +19,7 @@ class Recorder:
 
 @pytest.fixture(autouse=True)
 def no_pause(monkeypatch):
-    monkeypatch.setattr(latency, "_SWITCH_PAUSE_S", 0.0)
+    monkeypatch.setattr(latency, "SWITCH_PAUSE_S", 0.0)
 
 
 def test_tile_batch_cycles_real_samples():

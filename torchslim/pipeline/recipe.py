@@ -155,7 +155,8 @@ class _Planned(_Strict):
 
     def plan(self) -> Any:
         """What the configs say this block does (``PrunePlan``, ``TrainConfig``, ...)."""
-        assert self.table is not None
+        if self.table is None:
+            raise TypeError(f"{type(self).__name__} is not made from an option table")
         return self.table.plan(**{name: getattr(self, name)
                                   for name in self.table.recipe_fields()})
 
