@@ -159,3 +159,13 @@ def test_fake_quantize_state_dict_round_trip() -> None:
 def test_observer_spec_must_match() -> None:
     with pytest.raises(ConfigError, match="same QuantSpec"):
         FakeQuantize(QuantSpec(), observer=make_observer("minmax", QuantSpec(bits=4)))
+
+
+def test_freeze_on_a_weight_fixes_its_grid() -> None:
+    spec = QuantSpec(granularity="per_channel", axis=0)
+    w = torch.randn(6, 10)
+    fq = FakeQuantize(spec).freeze_on_(w)
+    scale, zp = calc_qparams_for(w, spec)
+    assert not fq.observer_enabled and torch.equal(fq.scale, scale) and torch.equal(fq.zero_point, zp)
+    fq(torch.randn(6, 10) * 100)   # frozen: a larger tensor does not move the grid
+    assert torch.equal(fq.scale, scale)

@@ -103,10 +103,7 @@ def weight_qparams(name: str, fq: nn.Module, weight: Tensor
         return torch.empty(0), torch.empty(0), None
     if fq.observer_enabled:
         # What the torch forward does on every call: observe the weight, then use the grid.
-        fq = copy.deepcopy(fq)
-        fq.observer(weight)
-        fq._stale = True
-        fq.enable_observer(False)
+        fq = copy.deepcopy(fq).freeze_on_(weight)
     if fq.scale.numel() == 0:
         raise ConfigError(f"{name}.weight_fake_quant has no scale; calibrate first")
     return fq.scale.detach().float(), fq.zero_point.detach().to(torch.int32), fq.spec

@@ -196,12 +196,7 @@ def keep_module_forward_(module: nn.Module) -> nn.Module:
 
 def frozen_weight_quantizer(weight: Tensor, spec: QuantSpec) -> FakeQuantize:
     """A min-max FakeQuantize that has seen ``weight`` once and is frozen."""
-    fq = FakeQuantize(spec, observer="minmax")
-    with torch.no_grad():
-        fq.observer(weight.detach())
-    fq._stale = True
-    fq.enable_observer(False)  # copies the observer's (scale, zero_point) into the buffers
-    return fq
+    return FakeQuantize(spec, observer="minmax").freeze_on_(weight)
 
 
 def _float_only_note(model: nn.Module) -> None:

@@ -90,6 +90,14 @@ class FakeQuantize(nn.Module):
         self.fake_quant_enabled = enabled
         return self
 
+    @torch.no_grad()
+    def freeze_on_(self, x: Tensor) -> FakeQuantize:
+        """Observe ``x`` once more, then freeze the grid (observer off): what a weight
+        quantizer does with its weight."""
+        self.observer(x.detach())
+        self._stale = True
+        return self.enable_observer(False)
+
     def update_qparams_(self) -> None:
         """Copy the observer's current ``(scale, zero_point)`` into the buffers."""
         if self._stale:
