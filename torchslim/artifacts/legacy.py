@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from torchslim.artifacts.digest import artifact_digest
+from torchslim.artifacts.files import file_entries, jsonable
 from torchslim.artifacts.kinds import KINDS, LLM_QUANT_SIDECAR, Located
 from torchslim.artifacts.schema import (SCHEMA_VERSION, DatasetRef, Manifest, Measurement,
                                         Provenance, parse_manifest)
@@ -68,7 +69,6 @@ def _checkpoint_fields(sidecar: dict[str, Any]
 
 def _view(loc: Located, source: str, config: dict[str, Any], metrics: list[Measurement],
           version: str | None) -> Manifest:
-    from torchslim.artifacts.manifest import file_entries, jsonable
 
     described = KINDS.get(loc.kind).describe(loc)
     files = file_entries(loc)

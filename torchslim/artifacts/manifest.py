@@ -16,7 +16,6 @@ an LLM directory's ``torchslim_quant.json``) loads as a best-effort view (see
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,8 +26,9 @@ from torchslim import _io
 from torchslim.artifacts import onnx_meta
 from torchslim.artifacts.digest import DIGEST_PREFIX, artifact_digest, sha256_bytes, sha256_file
 from torchslim.artifacts.environment import git_revision, utc_now, versions
-from torchslim.artifacts.kinds import KINDS, Located, locate
-from torchslim.artifacts.schema import (SCHEMA_VERSION, DataRef, FileEntry, Manifest,
+from torchslim.artifacts.files import file_entries, jsonable
+from torchslim.artifacts.kinds import KINDS, locate
+from torchslim.artifacts.schema import (SCHEMA_VERSION, DataRef, Manifest,
                                         Measurement, Preprocessing, Provenance, Signature,
                                         TensorSig, parse_manifest)
 from torchslim.errors import ManifestError
@@ -145,14 +145,6 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> Manif
     return manifest
 
 
-def file_entries(loc: Located) -> list[FileEntry]:
-    entries = []
-    for rel in KINDS.get(loc.kind).files(loc):
-        digest, size = sha256_file(loc.root / rel)
-        entries.append(FileEntry(path=rel, size=size, sha256=digest))
-    return sorted(entries, key=lambda f: f.path)
-
-
 def check_files(manifest: Manifest, root: str | os.PathLike[str]) -> list[str]:
     """One line per file that is missing or whose size or sha256 differs (empty: intact)."""
     problems = []
@@ -195,16 +187,6 @@ def recipe_hash(recipe: Any) -> str:
 def _recipe_hash(recipe_json: Any) -> str:
     blob = json.dumps(recipe_json, sort_keys=True, separators=(",", ":"))
     return DIGEST_PREFIX + sha256_bytes(blob.encode("utf-8"))
-
-
-def jsonable(obj: Any) -> Any:
-    """A JSON value for ``obj``: pydantic models and dataclasses become dicts, tuples
-    lists, paths and other leaves their ``str``."""
-    if hasattr(obj, "model_dump"):
-        obj = obj.model_dump(mode="json")
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _measurement(m: Any) -> Measurement:
