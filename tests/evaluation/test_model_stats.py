@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchslim.errors import ConfigError
 from torchslim.evaluation.model_stats import (count_macs, count_nonzero, count_params,
                                             state_dict_bytes)
 
@@ -58,3 +59,28 @@ def test_tied_weights_counted_and_stored_once():
 def test_state_dict_bytes_handles_channels_last():
     conv = nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
     assert state_dict_bytes(conv) >= (8 * 3 * 9 + 8) * 4
+
+
+class _TwoInputs(nn.Module):
+    """Token ids (int64) and a float mask: no float zeros of one shape can run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(ids) * mask[..., None])
+
+
+def test_count_macs_on_example_inputs_of_any_structure():
+    model = _TwoInputs()
+    ids, mask = torch.randint(0, 50, (3, 7)), torch.ones(3, 7)
+    expected = 7 * 8 * 4  # 7 tokens of one sample through Linear(8, 4)
+    assert count_macs(model, example_inputs=(ids, mask)) == expected
+    assert count_macs(model, example_inputs={"ids": ids, "mask": mask}) == expected
+
+
+def test_count_macs_needs_one_of_shape_or_inputs():
+    with pytest.raises(ConfigError, match="exactly one"):
+        count_macs(nn.Linear(2, 2))

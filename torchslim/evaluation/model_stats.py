@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from torchslim.errors import ConfigError
+
 __all__ = ["count_params", "count_nonzero", "count_macs", "onnx_param_counts",
-           "state_dict_bytes"]
+           "state_dict_bytes", "call_model", "first_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +62,37 @@ def _macs_hook(counter: list[int]):
     return hook
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(inputs)`` for one tensor, ``model(*inputs)`` for a tuple or list,
+    ``model(**inputs)`` for a dict (how a Session feeds a torch model)."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def first_sample(inputs: Any) -> Any:
+    """The first sample (``[:1]``) of every tensor in a tensor, tuple or dict batch."""
+    if isinstance(inputs, Mapping):
+        return {k: first_sample(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(first_sample(v) for v in inputs)
+    return inputs[:1] if isinstance(inputs, torch.Tensor) and inputs.dim() else inputs
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+               example_inputs: Any = None) -> int:
     """Multiply-accumulates of Conv1d/2d/3d and Linear layers for one sample.
 
-    ``input_shape`` excludes the batch axis, e.g. ``(1, 28, 28)``. Runs one batch-1 forward
-    of zeros in eval mode without gradients; the model's train/eval mode is restored.
+    ``input_shape`` excludes the batch axis, e.g. ``(1, 28, 28)``: the forward runs on a
+    batch-1 float tensor of zeros. Models whose inputs are not one float tensor (token ids,
+    several inputs) pass ``example_inputs`` instead, one batch as a tensor, tuple or dict
+    of any dtypes; its first sample is run. Eval mode, no gradients; the model's
+    train/eval mode is restored.
     """
+    if (input_shape is None) == (example_inputs is None):
+        raise ConfigError("count_macs needs exactly one of input_shape or example_inputs")
     counter = [0]
     layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     handles = [m.register_forward_hook(_macs_hook(counter))
@@ -71,9 +100,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     was_training = model.training
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        inputs = torch.zeros(1, *input_shape, device=device) if input_shape is not None \
+            else first_sample(example_inputs)
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
+            call_model(model, inputs)
     finally:
         model.train(was_training)
         for handle in handles:
