@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+import torchvision
 from torch import nn
+from torchvision.models.regnet import BlockParams, RegNet
 
 from torchslim.errors import ConfigError, UnknownNameError, UnsupportedModelError
 from torchslim.evaluation.model_stats import count_macs
@@ -144,3 +146,137 @@ def test_input_model_is_changed_in_place_only() -> None:
     prune_channels_(copy_, ChannelPruneConfig(target_macs=0.5), example_inputs=X)
     assert model.layer1[0].conv1.out_channels == 16
     assert copy_.layer3[0].conv1.out_channels < 64
+
+
+def tiny_vit() -> nn.Module:
+    """torchvision's VisionTransformer at toy width: its forward reshapes the patch
+    embedding with the stored ``hidden_dim`` (the ViT-B/16 768 -> 692 failure)."""
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=10).eval()
+
+
+def tiny_regnet() -> nn.Module:
+    """torchvision's RegNet with grouped 3x3 convs (groups 4 and 8) and SE blocks."""
+    params = BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=4,
+                                          se_ratio=0.25)
+    return RegNet(params, num_classes=10, stem_width=8).eval()
+
+
+X32 = torch.randn(2, 3, 32, 32)
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[int, ...]]]:
+    convs = [(m.in_channels, m.out_channels, m.groups) for m in model.modules()
+             if isinstance(m, nn.Conv2d)]
+    return {k: v.clone() for k, v in model.state_dict().items()}, convs
+
+
+def _assert_untouched(model: nn.Module, before: tuple, out: torch.Tensor) -> None:
+    state, convs = before
+    assert [(m.in_channels, m.out_channels, m.groups) for m in model.modules()
+            if isinstance(m, nn.Conv2d)] == convs
+    assert set(model.state_dict()) == set(state)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(X32), out)
+
+
+def test_stored_hidden_width_is_protected_and_the_rest_pruned() -> None:
+    model = tiny_vit()
+    result = prune_channels_(model, ChannelPruneConfig(target_macs=0.8), example_inputs=X32)
+    assert model.hidden_dim == 16 and model.conv_proj.out_channels == 16   # width kept
+    assert model.encoder.layers[0].mlp[0].out_features < 32                 # MLPs pruned
+    assert abs(result.mac_ratio - 0.8) <= 0.03 * 0.8
+    assert model(X32).shape == (2, 10)
+    hidden = [name for name, why in result.protected.items() if "breaks the model" in why]
+    assert len(hidden) == 1
+    why = result.protected[hidden[0]]
+    assert "conv_proj" in why and "16 channels" in why and "invalid for input" in why
+    assert "output layer" in result.protected["heads.head"]
+    assert result.to_dict()["protected"] == result.protected
+
+
+def test_without_auto_protect_the_error_names_the_group_and_the_model_is_untouched() -> None:
+    model = tiny_vit()
+    before, out = _snapshot(model), model(X32)
+    with pytest.raises(UnsupportedModelError, match=r"conv_proj.*protected=\('encoder"):
+        prune_channels_(model, ChannelPruneConfig(target_macs=0.8, auto_protect=False),
+                        example_inputs=X32)
+    _assert_untouched(model, before, out)
+    assert model.hidden_dim == 16 and model.encoder.layers[0].mlp[0].out_features == 32
+
+
+def test_grouped_convs_keep_equal_groups() -> None:
+    model = tiny_regnet()
+    grouped = {n: m.groups for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels}
+    result = prune_channels_(model, ChannelPruneConfig(target_macs=0.5), example_inputs=X32)
+    assert abs(result.mac_ratio - 0.5) <= 0.03 * 0.5
+    assert list(result.protected) == ["fc"]                      # nothing had to be kept
+    for name, groups in grouped.items():
+        conv = model.get_submodule(name)
+        assert conv.groups == groups and conv.in_channels % groups == 0
+        assert conv.out_channels % groups == 0
+    assert any(model.get_submodule(n).in_channels < result.layers[n]["in"][0] for n in grouped)
+    assert model(X32).shape == (2, 10)
+
+
+def test_torch_pruning_failure_is_protected_or_one_clear_error(monkeypatch) -> None:
+    """Without the block coupling, Torch-Pruning breaks RegNet's grouped convs: the groups
+    are found and protected, or (auto_protect=False) named in one error, model untouched."""
+    monkeypatch.setattr(CouplingGraph, "_blocks", lambda self, group, size: 1)
+    model = tiny_regnet()
+    before, out = _snapshot(model), model(X32)
+    with pytest.raises(UnsupportedModelError, match=r"groups=\d.*protected=\('trunk_output"):
+        prune_channels_(model, ChannelPruneConfig(target_macs=0.5, auto_protect=False),
+                        example_inputs=X32)
+    _assert_untouched(model, before, out)
+    result = prune_channels_(model, ChannelPruneConfig(target_macs=0.5), example_inputs=X32)
+    kept = [n for n, why in result.protected.items() if "breaks the model" in why]
+    assert kept and all(".f.a.0" in n or ".f.b.0" in n for n in kept)
+    assert model(X32).shape == (2, 10)
+
+
+def test_an_interrupt_mid_rewrite_leaves_the_model_untouched(monkeypatch) -> None:
+    model = resnet()
+    state, out = {k: v.clone() for k, v in model.state_dict().items()}, model(X)
+    original = CouplingGraph.prune_
+
+    def two_groups_then_interrupt(self, plan):
+        original(self, dict(list(plan.items())[:2]))   # two groups rewritten ...
+        raise KeyboardInterrupt                           # ... then Ctrl-C
+
+    monkeypatch.setattr(CouplingGraph, "prune_", two_groups_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prune_channels_(model, ChannelPruneConfig(ratio=0.25), example_inputs=X)
+    assert all(m.out_channels == m.weight.shape[0] for m in model.modules()
+               if isinstance(m, nn.Conv2d))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(model(X), out)
+
+
+class _TokenMLP(nn.Module):
+    """Token ids (int64) and a float mask, as a transformers encoder takes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(input_ids) * attention_mask[..., None]
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.head(h.mean(dim=1))
+
+
+def test_dict_inputs_with_integer_ids_prune() -> None:
+    model = _TokenMLP().eval()
+    inputs = {"input_ids": torch.randint(0, 30, (2, 5)), "attention_mask": torch.ones(2, 5)}
+    result = prune_channels_(model, ChannelPruneConfig(ratio=0.5, protected=("fc2",)),
+                             example_inputs=inputs)
+    assert model.fc1.out_features == 16 and model.fc2.in_features == 16
+    # one sample of 5 tokens: fc1 and fc2 per token, the head once (after the mean)
+    assert (result.macs_before, result.macs_after) == (5 * 8 * 32 * 2 + 16, 5 * 8 * 16 * 2 + 16)
+    assert result.protected["fc2"] == "protected= in the config"
+    assert model(**inputs).shape == (2, 2)

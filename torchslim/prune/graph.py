@@ -7,20 +7,29 @@ channels of all the blocks it joins; a depthwise conv passes its channels throug
 tracing and index bookkeeping come from Torch-Pruning's ``DependencyGraph``; this module
 turns its groups into plain records (which module, which dimension, which indices) that
 importance scores, MAC estimates and reports can read.
+
+Some layers split their channels into equal blocks: a grouped convolution (RegNet,
+ResNeXt), GroupNorm, the heads of ``nn.MultiheadAttention``. Torch-Pruning's graph alone
+removes any index set, which leaves the blocks unequal (or reads past the end of a
+grouped conv's weight); a ``ChannelGroup`` therefore says how many blocks its channels
+fall into, and the planner removes the same offsets from every block, as Torch-Pruning's
+own ``MetaPruner`` does.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from torchslim.errors import MissingDependencyError, UnsupportedModelError
+from torchslim.evaluation.model_stats import call_model, first_sample
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +50,22 @@ class Member:
 
 @dataclass
 class ChannelGroup:
-    """Channels that live or die together; ``name`` is the root layer's name."""
+    """Channels that live or die together; ``name`` is the root layer's name.
+
+    ``blocks``: the channels fall into this many equal, contiguous blocks (the groups of a
+    grouped conv, GroupNorm groups, attention heads) that must stay equal, so a removal
+    takes the same offsets from every block (see ``spread``).
+    """
 
     name: str
     size: int
     members: list[Member] = field(default_factory=list)
+    blocks: int = 1
+
+    def spread(self, offsets: Sequence[int]) -> list[int]:
+        """Channel indices for removing ``offsets`` (within a block) from every block."""
+        width = self.size // self.blocks
+        return sorted(o + b * width for b in range(self.blocks) for o in offsets)
 
     def layers(self, dim: str) -> list[str]:
         return [m.name for m in self.members if m.dim == dim]
@@ -54,17 +74,25 @@ class ChannelGroup:
         outs = ", ".join(self.layers("out"))
         return f"group {self.name} ({self.size} channels): outputs of {outs}"
 
+    def describe(self, most: int = 3) -> str:
+        """``__str__`` with at most ``most`` layers named."""
+        outs = self.layers("out")
+        more = f" and {len(outs) - most} more" if len(outs) > most else ""
+        return (f"group {self.name} ({self.size} channels: outputs of "
+                f"{', '.join(outs[:most])}{more})")
 
-def forward_once(model: nn.Module, example_inputs: Tensor,
-                 hooks: dict[nn.Module, Callable[..., None]]) -> None:
-    """One eval-mode, no-grad forward pass of the first sample with ``hooks`` (module ->
-    forward hook) attached; the hooks are removed and the model's mode restored after."""
+
+def forward_once(model: nn.Module, example_inputs: Any,
+                 hooks: dict[nn.Module, Callable[..., None]]) -> Any:
+    """One eval-mode, no-grad forward pass of the first sample (of a tensor, tuple or dict
+    batch) with ``hooks`` (module -> forward hook) attached; returns the output. The hooks
+    are removed and the model's mode restored after."""
     handles = [m.register_forward_hook(h) for m, h in hooks.items()]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example_inputs[:1])
+            return call_model(model, first_sample(example_inputs))
     finally:
         model.train(was_training)
         for h in handles:
@@ -77,6 +105,16 @@ def _tp() -> Any:
     except ImportError as e:  # pragma: no cover - a dependency, but say what to do
         raise MissingDependencyError("structured pruning needs: pip install torch-pruning") from e
     return torch_pruning
+
+
+class PruneFailure(UnsupportedModelError):
+    """Pruning one group broke the model; ``group`` names its root layer."""
+
+    def __init__(self, group: str, why: str) -> None:
+        super().__init__(f"pruning group {group!r} failed: {why}; keep its channels with "
+                         f"protected=({group!r},)")
+        self.group = group
+        self.why = why
 
 
 class CouplingGraph:
@@ -97,7 +135,8 @@ class CouplingGraph:
             raise UnsupportedModelError(
                 f"protected layer {missing[0]!r} is not in {type(model).__name__}; "
                 f"layer names look like {', '.join(list(names)[1:4])}")
-        self.protected = sorted(set(protected) | set(output_layers(model, example_inputs)))
+        self.output_layers = output_layers(model, example_inputs)
+        self.protected = sorted(set(protected) | set(self.output_layers))
         was_training = model.training
         model.eval()
         try:
@@ -113,7 +152,12 @@ class CouplingGraph:
         finally:
             model.train(was_training)
         self._names = {m: n for n, m in model.named_modules()}
-        self.groups = self._collect()
+
+    @functools.cached_property
+    def groups(self) -> list[ChannelGroup]:
+        """The prunable groups (collected on first use: a graph built only to apply a
+        plan never needs them)."""
+        return self._collect()
 
     def _collect(self) -> list[ChannelGroup]:
         ignored = [m for n, m in self.model.named_modules() if n in self.protected]
@@ -127,8 +171,35 @@ class CouplingGraph:
                     continue  # a bare nn.Parameter: pruned with the group, not scored
                 members.append(Member(self._names[module], module, self._dim(item.dep.handler, module),
                                       list(item.idxs), list(item.root_idxs)))
-            groups.append(ChannelGroup(self._names[root], len(g[0].idxs), members))
+            size = len(g[0].idxs)
+            groups.append(ChannelGroup(self._names[root], size, members,
+                                       blocks=self._blocks(g, size)))
         return groups
+
+    def _blocks(self, group: Any, size: int) -> int:
+        """Equal channel blocks of the group: the most any member splits its channels
+        into (grouped conv groups, GroupNorm groups, attention heads); depthwise convs
+        carry their channels through and do not count."""
+        blocks = 1
+        for item in group:
+            module, handler = item.dep.target.module, item.dep.handler
+            if not isinstance(module, nn.Module):
+                continue
+            if isinstance(module, nn.MultiheadAttention):
+                blocks = max(blocks, module.num_heads)
+                continue
+            if isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels:
+                continue  # depthwise
+            pruner = self._dg.get_pruner_of_module(module)
+            if pruner is None:
+                continue
+            out = self._dg.is_out_channel_pruning_fn(handler)
+            blocks = max(blocks, int(pruner.get_out_channel_groups(module) if out
+                                     else pruner.get_in_channel_groups(module)))
+        if size % blocks:  # an index mapping the planner cannot see; the forward check will
+            logger.debug("group of %d channels in %d blocks: not divisible", size, blocks)
+            return 1
+        return blocks
 
     def _dim(self, handler: Any, module: nn.Module) -> str:
         if isinstance(module, PRUNABLE_ROOTS):
@@ -137,15 +208,20 @@ class CouplingGraph:
 
     def prune_(self, plan: dict[str, list[int]]) -> None:
         """Remove ``plan[group_name]`` (channel indices of the group's root layer)."""
-        by_name = {g.name: g for g in self.groups}
         for name, idxs in plan.items():
             if not idxs:
                 continue
-            if len(idxs) >= by_name[name].size:
-                raise UnsupportedModelError(f"refusing to remove every channel of {by_name[name]}")
             root = self.model.get_submodule(name)
             pruner = self._dg.get_pruner_of_module(root)
-            self._dg.get_pruning_group(root, pruner.prune_out_channels, sorted(idxs)).prune()
+            size = pruner.get_out_channels(root)
+            if len(idxs) >= size:
+                raise UnsupportedModelError(f"refusing to remove every channel of group "
+                                            f"{name} ({size} channels)")
+            try:
+                self._dg.get_pruning_group(root, pruner.prune_out_channels, sorted(idxs)).prune()
+            except Exception as e:  # Torch-Pruning's errors are raw (IndexError, assert)
+                raise PruneFailure(name, f"Torch-Pruning failed removing {len(idxs)} of "
+                                   f"{size} channels: {type(e).__name__}: {e}") from e
 
     def describe(self) -> list[str]:
         return [str(g) for g in self.groups]
@@ -161,18 +237,10 @@ def output_layers(model: nn.Module, example_inputs: Any) -> list[str]:
                 produced[id(out)] = name
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, PRUNABLE_ROOTS)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    outs = out if isinstance(out, (tuple, list)) else [out]
+    out = forward_once(model, example_inputs, {m: hook(n) for n, m in model.named_modules()
+                                               if isinstance(m, PRUNABLE_ROOTS)})
+    outs = list(out.values()) if isinstance(out, Mapping) else (
+        out if isinstance(out, (tuple, list)) else [out])
     found = [produced[id(o)] for o in outs if isinstance(o, torch.Tensor) and id(o) in produced]
     if not found:  # the output went through a last op (reshape, activation): take the last layer
         names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_ROOTS)]

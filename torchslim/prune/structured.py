@@ -10,21 +10,20 @@ every affected layer so the result is an ordinary, smaller ``nn.Module``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from torchslim._record import update_
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.evaluation.model_stats import count_macs, count_params
 from torchslim.prune.depth import BLOCK_IMPORTANCE, remove_blocks_
-from torchslim.prune.graph import ChannelGroup, CouplingGraph, Member, forward_once
-from torchslim.prune.importance import (IMPORTANCE, accumulate_gradients_, needs_gradients,
-                                        normalized)
+from torchslim.prune.graph import CouplingGraph
+from torchslim.prune.guard import ModelSnapshot, PlanTrial, breaking_groups
+from torchslim.prune.importance import IMPORTANCE, accumulate_gradients_, needs_gradients
+from torchslim.prune.planner import CostModel, choose, plan_ratios
 
 __all__ = ["SCOPES", "ChannelPruneConfig", "PruneResult", "CostModel", "prune_channels_",
            "remove_blocks_first_", "plan_ratios", "layer_shapes", "shape_changes"]
@@ -51,6 +50,9 @@ class ChannelPruneConfig:
     taylor_batches: int = 8             # batches for the Taylor gradients
     blocks: int | tuple[str, ...] = 0   # residual blocks to remove first: a count or names
     block_importance: str = "loss"      # loss (val loss when bypassed) or residual
+    # protect the groups whose pruning breaks the forward (a size stored in the model, a
+    # layer Torch-Pruning cannot rewrite) and prune the rest; False: fail naming them
+    auto_protect: bool = True
 
     def __post_init__(self) -> None:
         given = [n for n in ("ratio", "target_macs", "target_params", "ratios")
@@ -92,6 +94,7 @@ class PruneResult:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> before/after shapes
     groups: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> size before/after
     removed_blocks: list[str] = field(default_factory=list)  # residual blocks removed whole
+    protected: dict[str, str] = field(default_factory=dict)  # layer -> why its group stayed
 
     @property
     def mac_ratio(self) -> float:
@@ -106,27 +109,94 @@ class PruneResult:
                 "params_before": self.params_before, "params_after": self.params_after,
                 "mac_ratio": round(self.mac_ratio, 4), "param_ratio": round(self.param_ratio, 4),
                 "layers": self.layers, "groups": self.groups,
-                "removed_blocks": self.removed_blocks}
+                "removed_blocks": self.removed_blocks, "protected": self.protected}
 
 
-def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Tensor,
-           data: Iterable[Any] | None = None) -> PruneResult:
+def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Any,
+                    data: Iterable[Any] | None = None) -> PruneResult:
     """Remove channels from ``model`` in place; returns the measured before/after figures.
 
-    ``example_inputs`` is one batch (shape only matters). ``data`` yields ``(x, y)``
-    batches; the Taylor importance and the block-removal loss need it. With
-    ``config.blocks``, whole residual blocks go first (``remove_blocks_``) and the channels
-    then make up the rest of the target, which stays relative to the model as given.
+    ``example_inputs`` is one batch: a tensor, a tuple or a dict of tensors (shapes and
+    dtypes matter, values not). ``data`` yields ``(x, y)`` batches; the Taylor importance
+    and the block-removal loss need it. With ``config.blocks``, whole residual blocks go
+    first (``remove_blocks_``) and the channels then make up the rest of the target, which
+    stays relative to the model as given.
+
+    The pruned model is checked by a forward pass (outputs of the same shapes as before).
+    Groups whose removal breaks it (a size stored in the model, a layer Torch-Pruning cannot
+    rewrite) are protected and the plan made again without them (``auto_protect``), or the
+    call fails naming them; ``PruneResult.protected`` says which layers were kept and why.
+    On any error the model is left exactly as it was.
     """
-    input_shape = tuple(example_inputs.shape[1:])
+    snapshot = ModelSnapshot(model)
+    try:
+        return _prune(model, config, example_inputs, data)
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
+def _prune(model: nn.Module, config: ChannelPruneConfig, example_inputs: Any,
+           data: Iterable[Any] | None) -> PruneResult:
     original = config
     before = layer_shapes(model)
-    macs0, params0 = count_macs(model, input_shape), count_params(model)
+    macs0, params0 = count_macs(model, example_inputs=example_inputs), count_params(model)
     removed, config = remove_blocks_first_(model, config, example_inputs=example_inputs, data=data)
-    graph = CouplingGraph(model, example_inputs, protected=config.protected)
-    if not graph.groups:
-        raise ConfigError(f"{type(model).__name__} has no prunable channel group "
-                          f"(protected: {', '.join(graph.protected)})")
+    graph, plan, auto = _prune_what_runs(model, config, example_inputs, data)
+    update_(model, reshaped=True)
+    result = PruneResult(macs0, count_macs(model, example_inputs=example_inputs), params0,
+                         count_params(model),
+                         layers=shape_changes(before, layer_shapes(model)),
+                         groups={g.name: {"before": g.size,
+                                          "after": g.size - len(plan.get(g.name, []))}
+                                 for g in graph.groups},
+                         removed_blocks=removed,
+                         protected=_protected_reasons(config, graph, auto))
+    _check_target(original, result)
+    logger.info("pruned %s: MACs %.1f%%, params %.1f%% of the original",
+                type(model).__name__, 100 * result.mac_ratio, 100 * result.param_ratio)
+    return result
+
+
+def _prune_what_runs(model: nn.Module, config: ChannelPruneConfig, example_inputs: Any,
+                     data: Iterable[Any] | None
+                     ) -> tuple[CouplingGraph, dict[str, list[int]], dict[str, str]]:
+    """Plan, prune and check the forward; when it breaks, find the groups at fault,
+    protect them and plan again. Returns the graph and plan applied and ``{layer: why}``
+    for the groups protected on the way."""
+    trial = PlanTrial(model, example_inputs)
+    auto: dict[str, str] = {}
+    scores: dict[str, Tensor] | None = None
+    for _ in range(_ATTEMPTS):
+        protected = (*config.protected, *auto)
+        graph = CouplingGraph(model, example_inputs, protected=protected)
+        if not graph.groups:
+            raise ConfigError(f"{type(model).__name__} has no prunable channel group "
+                              f"(protected: {', '.join(graph.protected)})")
+        if scores is None:  # the groups left after protecting more keep their scores
+            scores = _scores(model, config, graph, data)
+        plan = _plan(model, config, graph, scores, example_inputs)
+        why = trial.apply(graph, plan)
+        if why is None:
+            return graph, plan, auto
+        broken = breaking_groups(plan, lambda part: trial(part, protected), why)
+        if not config.auto_protect:
+            raise UnsupportedModelError(_breaking_message(model, graph, broken))
+        by_name = {g.name: g for g in graph.groups}
+        auto.update({name: f"pruning {by_name[name].describe()} breaks the model: {reason}"
+                     for name, reason in broken.items()})
+        logger.warning("protected %d channel group(s) of %s whose pruning breaks it: %s",
+                       len(broken), type(model).__name__, ", ".join(broken))
+    raise UnsupportedModelError(f"pruning {type(model).__name__} still breaks it after "
+                                f"protecting {', '.join(auto)}; protect more layers with "
+                                "protected=(...)")
+
+
+_ATTEMPTS = 3  # plan, protect what broke, plan again (and once more for a hidden second)
+
+
+def _scores(model: nn.Module, config: ChannelPruneConfig, graph: CouplingGraph,
+            data: Iterable[Any] | None) -> dict[str, Tensor]:
     if needs_gradients(config.importance):
         if data is None:
             raise ConfigError(f"importance={config.importance!r} needs data=(x, y) batches "
@@ -134,33 +204,49 @@ def prune_channels_(model: nn.Module, config: ChannelPruneConfig, *, example_inp
         accumulate_gradients_(model, data, num_batches=config.taylor_batches)
     scores = {g.name: IMPORTANCE.get(config.importance)(g) for g in graph.groups}
     model.zero_grad(set_to_none=True)
-    cost = CostModel(model, graph.groups, example_inputs)
-    plan = _choose(config, graph.groups, scores, cost) if not _reached(config) else {}
-    graph.prune_(plan)
-    update_(model, reshaped=True)
-    result = PruneResult(macs0, count_macs(model, input_shape), params0, count_params(model),
-                         layers=shape_changes(before, layer_shapes(model)),
-                         groups={g.name: {"before": g.size, "after": g.size - len(plan.get(g.name, []))}
-                                 for g in graph.groups},
-                         removed_blocks=removed)
-    _check_target(original, result)
-    logger.info("pruned %s: MACs %.1f%%, params %.1f%% of the original",
-                type(model).__name__, 100 * result.mac_ratio, 100 * result.param_ratio)
-    return result
+    return scores
 
 
-def remove_blocks_first_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Tensor,
+def _plan(model: nn.Module, config: ChannelPruneConfig, graph: CouplingGraph,
+          scores: dict[str, Tensor], example_inputs: Any) -> dict[str, list[int]]:
+    if _reached(config):
+        return {}
+    groups = graph.groups
+    cost = CostModel(model, groups, example_inputs)
+    return choose(config, groups, {g.name: scores[g.name] for g in groups}, cost)
+
+
+def _breaking_message(model: nn.Module, graph: CouplingGraph, broken: dict[str, str]) -> str:
+    by_name = {g.name: g for g in graph.groups}
+    first, why = next(iter(broken.items()))
+    more = f" (and {len(broken) - 1} more groups)" if len(broken) > 1 else ""
+    return (f"pruning {type(model).__name__} breaks it: {by_name[first].describe()}{more}: "
+            f"{why}; keep those channels with protected={tuple(broken)!r} or set "
+            "auto_protect=True")
+
+
+def _protected_reasons(config: ChannelPruneConfig, graph: CouplingGraph,
+                       auto: dict[str, str]) -> dict[str, str]:
+    """Every layer whose channel group was kept whole, and why."""
+    reasons = {name: "protected= in the config" for name in config.protected}
+    for name in graph.output_layers:
+        reasons.setdefault(name, "the model's output layer: its channels are the outputs")
+    reasons.update(auto)
+    return reasons
+
+
+def remove_blocks_first_(model: nn.Module, config: ChannelPruneConfig, *, example_inputs: Any,
                          data: Iterable[Any] | None = None) -> tuple[list[str], ChannelPruneConfig]:
     """Remove ``config.blocks`` from ``model`` in place; returns the names removed and the
     channel config (``blocks=0``) whose target, on the shallower model, lands on the
     original target. Without blocks, ``([], config)``."""
     if not config.blocks:
         return [], config
-    shape = tuple(example_inputs.shape[1:])
-    macs0, params0 = count_macs(model, shape), count_params(model)
+    macs0, params0 = count_macs(model, example_inputs=example_inputs), count_params(model)
     removed = remove_blocks_(model, config.blocks, example_inputs=example_inputs, data=data,
                              criterion=config.block_importance)
-    mac_ratio, param_ratio = count_macs(model, shape) / macs0, count_params(model) / params0
+    mac_ratio = count_macs(model, example_inputs=example_inputs) / macs0
+    param_ratio = count_params(model) / params0
     if config.target_macs is not None:
         return removed, replace(config, blocks=0, target_macs=min(1.0, config.target_macs / mac_ratio))
     if config.target_params is not None:
@@ -172,219 +258,6 @@ def remove_blocks_first_(model: nn.Module, config: ChannelPruneConfig, *, exampl
 def _reached(config: ChannelPruneConfig) -> bool:
     """True when removing blocks alone already met the MAC or parameter target."""
     return any(t is not None and t >= 1.0 for t in (config.target_macs, config.target_params))
-
-
-def _choose(config: ChannelPruneConfig, groups: list[ChannelGroup], scores: dict[str, Tensor],
-            cost: CostModel) -> dict[str, list[int]]:
-    """The channels to remove per group, for the requested ratio or target."""
-    if config.ratios is not None:
-        return plan_ratios(config, groups, scores, config.ratios)
-    if config.ratio is not None:
-        return plan_ratios(config, groups, scores, dict.fromkeys(scores, config.ratio))
-    target = config.target_macs if config.target_macs is not None else config.target_params
-    measure = cost.macs if config.target_macs is not None else cost.params
-    full = measure({})
-    if config.scope == "uniform":
-        plan_at = lambda r: plan_ratios(config, groups, scores, dict.fromkeys(scores, r))  # noqa: E731
-        hi = config.max_ratio
-    else:
-        plan_at = lambda t: _plan_threshold(config, groups, scores, t)  # noqa: E731
-        hi = max(float(normalized(s).max()) for s in scores.values())
-    lo = 0.0
-    # The kept fraction falls as the knob rises; bisect for the largest plan above target.
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if measure(plan_at(mid)) / full > target:
-            lo = mid
-        else:
-            hi = mid
-    plan_lo = plan_at(lo)
-    plan_hi = _refine(config, groups, scores, plan_lo, lambda p: measure(p) / full, target)
-    # Of the two plans that bracket the target, take the closer one.
-    err = lambda p: abs(measure(p) / full - target)  # noqa: E731
-    return plan_lo if err(plan_lo) < err(plan_hi) else plan_hi
-
-
-def _refine(config: ChannelPruneConfig, groups: list[ChannelGroup], scores: dict[str, Tensor],
-            plan: dict[str, list[int]], kept: Any, target: float) -> dict[str, list[int]]:
-    """Shrink one group at a time, the group whose next weakest channel scores lowest
-    (normalized), until ``kept(plan) <= target``. Small groups make ratio steps coarse;
-    this lands next to the target. A step removes ``round_to`` channels when set."""
-    plan = {k: list(v) for k, v in plan.items()}
-    sizes = {g.name: g.size for g in groups}
-    order = {name: torch.argsort(s, stable=True).tolist() for name, s in scores.items()}
-    norm = {name: normalized(s) for name, s in scores.items()}
-    chunk = config.round_to or 1
-    while kept(plan) > target:
-        best: tuple[float, str, list[int]] | None = None
-        for name, ranked in order.items():
-            keep_now = sizes[name] - len(plan[name])
-            new_keep = (keep_now - 1) // chunk * chunk if chunk > 1 else keep_now - 1
-            limit = max(chunk if chunk > 1 else 1, sizes[name] - math.floor(sizes[name] * config.max_ratio))
-            if new_keep < limit:
-                continue
-            gone = set(plan[name])
-            extra = [i for i in ranked if i not in gone][: keep_now - new_keep]
-            value = float(norm[name][extra].mean())
-            if best is None or value < best[0]:
-                best = (value, name, extra)
-        if best is None:
-            break
-        trial = {**plan, best[1]: sorted(plan[best[1]] + best[2])}
-        if kept(trial) <= target:  # the last move: of all single moves, land closest
-            return _closest_move(plan, order, sizes, chunk, kept, target) or trial
-        plan = trial
-    return plan
-
-
-def _closest_move(plan: dict[str, list[int]], order: dict[str, list[int]], sizes: dict[str, int],
-                  chunk: int, kept: Any, target: float) -> dict[str, list[int]] | None:
-    """The single-group move (or none) whose result is closest to ``target``."""
-    best: tuple[float, dict[str, list[int]]] | None = None
-    for name, ranked in order.items():
-        keep_now = sizes[name] - len(plan[name])
-        new_keep = (keep_now - 1) // chunk * chunk if chunk > 1 else keep_now - 1
-        if new_keep < max(chunk, 1):
-            continue
-        gone = set(plan[name])
-        extra = [i for i in ranked if i not in gone][: keep_now - new_keep]
-        trial = {**plan, name: sorted(plan[name] + extra)}
-        err = abs(kept(trial) - target)
-        if best is None or err < best[0]:
-            best = (err, trial)
-    return None if best is None else best[1]
-
-
-def _keep_count(config: ChannelPruneConfig, size: int, remove: int) -> int:
-    remove = min(remove, math.floor(size * config.max_ratio), size - 1)
-    keep = size - max(remove, 0)
-    if config.round_to and config.round_to > 1:
-        keep = min(size, max(config.round_to, round(keep / config.round_to) * config.round_to))
-    return keep
-
-
-def plan_ratios(config: ChannelPruneConfig, groups: list[ChannelGroup],
-                scores: dict[str, Tensor], ratios: dict[str, float]) -> dict[str, list[int]]:
-    """The weakest channels of each group, ``ratios[group]`` of them (0 for groups not named)."""
-    unknown = sorted(set(ratios) - set(scores))
-    if unknown:
-        raise ConfigError(f"ratios name unknown groups {unknown[:3]}; groups are "
-                          f"{', '.join(sorted(scores)[:6])}...")
-    plan = {}
-    for g in groups:
-        keep = _keep_count(config, g.size, math.floor(g.size * ratios.get(g.name, 0.0)))
-        plan[g.name] = _weakest(scores[g.name], g.size - keep)
-    return plan
-
-
-def _plan_threshold(config: ChannelPruneConfig, groups: list[ChannelGroup],
-                    scores: dict[str, Tensor], threshold: float) -> dict[str, list[int]]:
-    plan = {}
-    for g in groups:
-        below = int((normalized(scores[g.name]) < threshold).sum())
-        keep = _keep_count(config, g.size, below)
-        plan[g.name] = _weakest(scores[g.name], g.size - keep)
-    return plan
-
-
-def _weakest(score: Tensor, n: int) -> list[int]:
-    if n <= 0:
-        return []
-    return sorted(torch.argsort(score, stable=True)[:n].tolist())
-
-
-class CostModel:
-    """MACs and parameters of a pruning plan, computed from channel counts (no rewrite).
-
-    Each conv/linear layer's MACs are ``k * (C_in/groups) * C_out * positions``; a plan
-    lowers ``C_in``/``C_out`` by the indices its groups remove from that layer.
-    """
-
-    def __init__(self, model: nn.Module, groups: list[ChannelGroup], example_inputs: Tensor) -> None:
-        self._root_cache: dict[int, Tensor] = {}
-        self.positions = _positions(model, example_inputs)
-        self.layers = {n: m for n, m in model.named_modules() if n in self.positions}
-        self.groups = groups
-        self.other_params = count_params(model) - sum(
-            self._layer_params(m, 0, 0) for m in self.layers.values()) - sum(
-            self._norm_params(m, 0) for m in self._norms().values())
-
-    def _norms(self) -> dict[str, nn.Module]:
-        return {mb.name: mb.module for g in self.groups for mb in g.members if mb.dim == "norm"}
-
-    def _removed(self, plan: dict[str, list[int]]) -> dict[tuple[str, str], int]:
-        removed: dict[tuple[str, str], int] = {}
-        for g in self.groups:
-            idxs = plan.get(g.name)
-            if not idxs:
-                continue
-            gone = torch.zeros(g.size, dtype=torch.int64)
-            gone[idxs] = 1
-            for mb in g.members:
-                n = int(gone[self._roots(mb)].sum())
-                removed[(mb.name, mb.dim)] = removed.get((mb.name, mb.dim), 0) + n
-        return removed
-
-    def _roots(self, member: Member) -> Tensor:
-        key = id(member)
-        if key not in self._root_cache:
-            self._root_cache[key] = torch.tensor(member.root_idxs, dtype=torch.int64)
-        return self._root_cache[key]
-
-    @staticmethod
-    def _dims(m: nn.Module, rin: int, rout: int) -> tuple[int, int, int, int]:
-        """(c_in per group, c_out, kernel size, groups) after removing rin / rout."""
-        if isinstance(m, nn.Linear):
-            return m.in_features - rin, m.out_features - rout, 1, 1
-        k = math.prod(m.kernel_size)
-        if m.groups > 1 and m.groups == m.in_channels:  # depthwise: one input per filter
-            c_out = m.out_channels - max(rout, rin * m.out_channels // m.in_channels)
-            return 1, c_out, k, c_out
-        return (m.in_channels - rin) // m.groups, m.out_channels - rout, k, m.groups
-
-    def macs(self, plan: dict[str, list[int]]) -> int:
-        removed = self._removed(plan)
-        total = 0
-        for name, m in self.layers.items():
-            cin, cout, k, _ = self._dims(m, removed.get((name, "in"), 0), removed.get((name, "out"), 0))
-            total += cin * cout * k * self.positions[name]
-        return total
-
-    def _layer_params(self, m: nn.Module, rin: int, rout: int) -> int:
-        cin, cout, k, _ = self._dims(m, rin, rout)
-        return cin * cout * k + (cout if getattr(m, "bias", None) is not None else 0)
-
-    @staticmethod
-    def _norm_params(m: nn.Module, removed: int) -> int:
-        w = getattr(m, "weight", None)
-        if not isinstance(w, Tensor):
-            return 0
-        per = 2 if getattr(m, "bias", None) is not None else 1
-        return per * (w.numel() - removed)
-
-    def params(self, plan: dict[str, list[int]]) -> int:
-        removed = self._removed(plan)
-        total = self.other_params
-        for name, m in self.layers.items():
-            total += self._layer_params(m, removed.get((name, "in"), 0), removed.get((name, "out"), 0))
-        for name, m in self._norms().items():
-            total += self._norm_params(m, removed.get((name, "norm"), 0))
-        return total
-
-
-def _positions(model: nn.Module, example_inputs: Tensor) -> dict[str, int]:
-    """Output positions per sample of every conv/linear layer (H_out*W_out, tokens, 1)."""
-    found: dict[str, int] = {}
-
-    def hook(name: str):
-        def record(m: nn.Module, _i: Any, out: Tensor) -> None:
-            channels = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-            found[name] = found.get(name, 0) + out[:1].numel() // channels
-        return record
-
-    forward_once(model, example_inputs, {m: hook(n) for n, m in model.named_modules()
-                                         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))})
-    return found
 
 
 def layer_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
