@@ -82,3 +82,21 @@ def test_a_failing_session_drops_out_and_the_others_go_on() -> None:
 def test_bad_counts_are_refused() -> None:
     with pytest.raises(ConfigError, match="calls=0"):
         time_interleaved([], np.zeros((1, 2), np.float32), calls=0)
+
+
+def test_dict_inputs_are_tiled_per_input_for_every_session() -> None:
+    clock, seen = Clock(), []
+
+    class DictSession:
+        name = "dict"
+
+        def run(self, batch: dict) -> np.ndarray:
+            seen.append({k: (v.shape, v.dtype.name) for k, v in batch.items()})
+            clock.now += 1e-3
+            return np.zeros((len(batch["ids"]), 2), np.float32)
+
+    samples = {"ids": np.zeros((2, 7), np.int64), "mask": np.ones((2, 7), np.int64)}
+    timings = time_interleaved([DictSession()], samples, batch_sizes=(8,), rounds=2, calls=1,
+                               warmup=0, clock=clock, sleep=clock.sleep)
+    assert seen == [{"ids": ((8, 7), "int64"), "mask": ((8, 7), "int64")}] * 2
+    assert timings.p50_ms(0, 8) == pytest.approx(1.0)

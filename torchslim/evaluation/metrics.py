@@ -2,16 +2,78 @@
 
 Every function takes arrays already collected from a session: ``logits`` is
 ``(N, num_classes)`` float, ``labels`` and ``preds`` are ``(N,)`` int. Fractions are 0-1.
+
+Outputs that are not class scores (embeddings, hidden states, a detector's boxes) are
+measured by a ``Metric``: any callable ``metric(outputs, targets, reference)`` returning
+named figures, such as ``output_cosine``.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from torchslim.errors import ConfigError
 
 __all__ = ["topk_accuracy", "per_class_accuracy", "confusion_matrix", "agreement",
-           "mean_cosine"]
+           "mean_cosine", "Metric", "output_cosine", "run_metric"]
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """Named figures computed once from a whole evaluation.
+
+    ``outputs`` is the session's first output over every sample, ``(N, ...)``;
+    ``targets`` the data's targets joined the same way, or None when the data yields None;
+    ``reference`` the outputs of the reference result (same shape as ``outputs``), or None
+    without one. Returns ``{name: value}``; the names become keys of the result's
+    ``metrics``, so name them by what they measure ("cosine_to_reference", "mse").
+    """
+
+    def __call__(self, outputs: np.ndarray, targets: np.ndarray | None,
+                 reference: np.ndarray | None) -> Mapping[str, float]: ...
+
+
+def output_cosine(outputs: np.ndarray, targets: np.ndarray | None,
+                  reference: np.ndarray | None) -> dict[str, float]:
+    """Mean per-sample cosine of the outputs (each sample flattened) with float
+    ``targets`` of the same shape (e.g. the original model's embeddings stored as the
+    data's targets) and with the reference's outputs, whichever are given. The baseline
+    itself, with neither, gets no figures (``{}``), so one metric serves every candidate."""
+    out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    figures: dict[str, float] = {}
+    if targets is not None:
+        t = np.asarray(targets)
+        if t.dtype.kind == "f" and t.shape == np.asarray(outputs).shape:
+            figures["cosine_to_targets"] = mean_cosine(t.reshape(len(out), -1), out)
+    if reference is not None:
+        figures["cosine_to_reference"] = mean_cosine(
+            np.asarray(reference).reshape(len(out), -1), out)
+    return figures
+
+
+def run_metric(metric: Any, outputs: np.ndarray, targets: np.ndarray | None,
+               reference: np.ndarray | None) -> dict[str, float]:
+    """Call a user's ``metric`` and check what it returns: ``{str: finite number}``."""
+    figures = metric(outputs, targets, reference)
+    name = getattr(metric, "__name__", type(metric).__name__)
+    if not isinstance(figures, Mapping):
+        raise ConfigError(f"metric {name} returned {type(figures).__name__}; a metric "
+                          "returns a dict of named figures, e.g. {'cosine': 0.99}")
+    checked = {}
+    for key, value in figures.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not isinstance(key, str) or not math.isfinite(number):
+            raise ConfigError(f"metric {name} gave {key!r}: {value!r}; each figure needs a "
+                              "string name and a finite number")
+        checked[key] = number
+    return checked
 
 
 def _check_logits(logits: np.ndarray, labels: np.ndarray | None = None) -> None:

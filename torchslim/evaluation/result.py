@@ -38,15 +38,18 @@ class EvalResult:
     ``per_class`` holds None for a class with no samples in the data. ``latency_ms`` and
     ``items_per_s`` are keyed by batch size as a string ("1", "32"). ``bytes`` is the
     artifact's size on disk (or the safetensors size of an in-memory torch model).
-    ``logits`` stay in memory only, to compare a later candidate against this one.
+    A model evaluated without class labels (an encoder measured by a ``metric``) has
+    ``top1``/``top5`` None and empty ``per_class``/``confusion``; its metric's figures are
+    ``metrics`` (``extra["metrics"]`` in the JSON). ``logits`` (the first output, ``(N,
+    ...)``) stay in memory only, to compare a later candidate against this one.
     """
 
     name: str
     runtime: str
     precision: str
     threads: int
-    top1: float
-    top5: float
+    top1: float | None
+    top5: float | None
     per_class: list[float | None]
     worst_class: int
     confusion: list[list[int]]
@@ -67,6 +70,9 @@ class EvalResult:
 
     def __post_init__(self) -> None:
         self.threads = int(self.threads)
+        if "metrics" in self.extra:  # plain floats: JSON round-trips them exactly
+            self.extra = {**self.extra, "metrics": {str(k): float(v) for k, v
+                                                    in self.extra["metrics"].items()}}
         self.top1 = _round_fraction(self.top1)
         self.top5 = _round_fraction(self.top5)
         self.per_class = [_round_fraction(x) for x in self.per_class]
@@ -82,6 +88,11 @@ class EvalResult:
             setattr(self, name, None if value is None else int(value))
         self.artifact = None if self.artifact is None else str(self.artifact)
         self.n = int(self.n)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The named figures of the ``metric`` this result was evaluated with."""
+        return dict(self.extra.get("metrics") or {})
 
     def to_dict(self) -> dict[str, Any]:
         """The report.json form: every field except ``logits``, JSON-native types only."""

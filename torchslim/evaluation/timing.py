@@ -22,11 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from torchslim import _progress
 from torchslim.errors import ConfigError
-from torchslim.evaluation.latency import SWITCH_PAUSE_S, tile_batch
+from torchslim.evaluation.latency import SWITCH_PAUSE_S, as_arrays, tile_batch
 from torchslim.runtime.base import Session
 
 __all__ = ["SWITCH_PAUSE_S", "SWITCH_WARMUP_CALLS", "Ratio", "Timings", "time_interleaved"]
@@ -79,7 +77,7 @@ class Timings:
                      high=max(per_round), per_round=per_round)
 
 
-def time_interleaved(sessions: Sequence[Session | None], samples: np.ndarray, *,
+def time_interleaved(sessions: Sequence[Session | None], samples: Any, *,
                      batch_sizes: Sequence[int] = (1, 32), rounds: int = 20, calls: int = 3,
                      warmup: int = SWITCH_WARMUP_CALLS, pause_s: float = SWITCH_PAUSE_S,
                      clock: Callable[[], float] = time.perf_counter,
@@ -91,7 +89,7 @@ def time_interleaved(sessions: Sequence[Session | None], samples: np.ndarray, *,
     for name, value, least in (("rounds", rounds, 0), ("calls", calls, 1), ("warmup", warmup, 0)):
         if value < least:
             raise ConfigError(f"{name}={value} must be >= {least}")
-    samples = np.asarray(samples)
+    samples = as_arrays(samples)  # one array, a tuple or a dict of inputs
     batches = {int(b): tile_batch(samples, int(b)) for b in batch_sizes}
     names = tuple(getattr(s, "name", f"session-{i}") if s is not None else f"session-{i}"
                   for i, s in enumerate(sessions))
@@ -116,7 +114,7 @@ def time_interleaved(sessions: Sequence[Session | None], samples: np.ndarray, *,
     return timings
 
 
-def _visit(session: Any, batch: np.ndarray, *, calls: int, warmup: int, pause_s: float,
+def _visit(session: Any, batch: Any, *, calls: int, warmup: int, pause_s: float,
            clock: Callable[[], float], sleep: Callable[[float], None]) -> float:
     """One switch to ``session``: pause, untimed calls, then the median of ``calls`` timed
     calls in milliseconds."""
