@@ -23,6 +23,9 @@ __all__ = [
     "UnknownVersionError",
     "VersionConflictError",
     "IntegrityError",
+    "OutputLockedError",
+    "TrainingDivergedError",
+    "EntryPointError",
 ]
 
 
@@ -32,6 +35,19 @@ class TorchslimError(Exception):
 
 class ConfigError(TorchslimError, ValueError):
     """An option has a value outside what it accepts."""
+
+
+class EntryPointError(ConfigError):
+    """A user's ``package.module:function`` (a recipe's model or data) that cannot be
+    imported, or that raised when it ran; the message says which and where it was named."""
+
+
+class OutputLockedError(TorchslimError):
+    """An output directory another torchslim run is writing (its lock is held)."""
+
+
+class TrainingDivergedError(TorchslimError, FloatingPointError):
+    """The training loss became inf or NaN (usually a learning rate that is too high)."""
 
 
 class UnknownNameError(ConfigError):
