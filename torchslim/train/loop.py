@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchslim import _progress
-from torchslim.errors import ConfigError
+from torchslim.errors import CheckpointError, ConfigError, TrainingDivergedError
 from torchslim.train import state as train_state
 from torchslim.train.callbacks import Callback, TrainState
-from torchslim.train.checkpoint import load_state_, save_checkpoint
+from torchslim.train.checkpoint import load_state_
 from torchslim.train.config import TrainConfig
 from torchslim.train.masks import KeepMasks, masked_layers
 
@@ -111,7 +111,7 @@ def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
         out = model(x)
         loss, terms = _unpack(loss_fn(out, y, x))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {st.step}; "
+            raise TrainingDivergedError(f"loss became {loss.item()} at step {st.step}; "
                                      f"lower the learning rate (lr={cfg.lr})")
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,22 +206,23 @@ def _seed_epoch(train: Iterable[Any], seed: int, epoch: int) -> None:
 
 
 def _save(st: TrainState, directory: Path, meta: dict[str, Any]) -> None:
-    save_checkpoint(directory / "last.safetensors", st.model, epoch=st.epoch,
-                    history=st.history, **meta)
+    # weights and training state as one unit (train.state): a kill never mixes epochs
     train_state.save_state(directory, {
         "epoch": st.epoch, "step": st.step, "history": st.history,
         "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
-        "config": asdict(st.config)})
+        "config": asdict(st.config)}, model=st.model,
+        checkpoint_meta={"epoch": st.epoch, "history": st.history, **meta})
 
 
 def _resume(st: TrainState, directory: Path) -> None:
-    saved = train_state.load_state(directory)
-    if saved is None:
+    resume = train_state.load_resume(directory)
+    if resume is None:
         return
-    from torchslim.train.checkpoint import read_checkpoint
-
-    weights, _ = read_checkpoint(directory / "last.safetensors")
-    load_state_(st.model, weights, source=str(directory / "last.safetensors"))
+    if resume.weights is None:
+        raise CheckpointError(f"{resume.path} holds no weights; delete it to start training "
+                              "from scratch")
+    saved = resume.state
+    load_state_(st.model, resume.weights, source=str(resume.path / train_state.WEIGHTS))
     st.optimizer.load_state_dict(saved["optimizer"])
     st.scheduler.load_state_dict(saved["scheduler"])
     st.epoch, st.step, st.history = saved["epoch"], saved["step"], saved["history"]
