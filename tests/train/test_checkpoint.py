@@ -56,3 +56,28 @@ def test_damaged_or_foreign_file_is_a_checkpoint_error(tmp_path: Path, content: 
 def test_missing_checkpoint_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="torchslim train"):
         read_checkpoint(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("sidecar, needles", [
+    (b"\xb9\x00\xff binary", ("sidecar", "m.json", "not valid JSON", "delete it")),
+    (b"[1, 2]", ("sidecar", "m.json", "holds a JSON list", "delete it")),
+    (b'{"architecture": {"name": null, "kwargs": {}}}',
+     ("sidecar", "m.json", "records architecture", "None", "--model")),
+    (b'{"architecture": "resnet8"}', ("sidecar", "m.json", "records architecture 'resnet8'")),
+    (b'{"architecture": {"name": "resnet8", "kwargs": {"width": "wide"}}}',
+     ("sidecar", "m.json", "'resnet8'", "width='wide'", "fix its 'architecture' entry")),
+    (b'{"architecture": {"name": "resnet8", "kwargs": {"colour": 3}}}',
+     ("sidecar", "m.json", "no option 'colour'", "fix its 'architecture' entry")),
+    (b'{"architecture": {"name": "resnet99", "kwargs": {}}}',
+     ("sidecar", "m.json", "resnet99", "resnet8")),
+])
+def test_errors_from_the_sidecar_say_the_value_came_from_it(tmp_path: Path, sidecar: bytes,
+                                                           needles: tuple[str, ...]) -> None:
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model("resnet8", width=8))
+    path.with_suffix(".json").write_bytes(sidecar)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+    path.with_suffix(".json").unlink()   # the fix the message offers: the copy inside
+    assert load_checkpoint(path)[1]["architecture"]["name"] == "resnet8"

@@ -22,7 +22,7 @@ from torch import nn
 
 from torchslim import _io, _record
 from torchslim.config import VERSION
-from torchslim.errors import ArchitectureMismatchError, CheckpointError
+from torchslim.errors import ArchitectureMismatchError, CheckpointError, TorchslimError
 from torchslim.train.structure import restructure_, structure_of
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_checkpoint", "load", "load_weights_",
@@ -57,6 +57,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *,
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Return (state_dict, sidecar) without building a model."""
+    state, meta, _ = _read(path)
+    return state, meta
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """(state_dict, sidecar, where the sidecar came from: for error messages)."""
     p = weights_path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}; train one with `torchslim train`")
@@ -67,29 +73,52 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"cannot read checkpoint {p}: {e}; it is not a torchslim "
                               "safetensors file or it is damaged") from e
+    source = f"the metadata inside {p}"
     sidecar_path = p.with_suffix(".json")
     if sidecar_path.is_file():
+        source = f"sidecar {sidecar_path}"
         try:
-            meta = json.loads(sidecar_path.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"sidecar {sidecar_path} is not valid JSON ({e}); "
                                   "delete it to fall back to the copy inside the weights") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source} holds a JSON {type(meta).__name__}, not an object; "
+                              "delete it to fall back to the copy inside the weights, or save "
+                              "the checkpoint again")
     if not meta:
         raise CheckpointError(f"{p} has no torchslim metadata and no {sidecar_path.name} "
                               "sidecar; torchslim cannot tell which architecture it holds")
-    return state, meta
+    return state, meta, source
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the recorded architecture from the zoo and load its weights."""
+    """Rebuild the recorded architecture from the zoo and load its weights. An error in
+    what the sidecar records says that the value came from the sidecar."""
     from torchslim.zoo import build_model
 
-    state, meta = read_checkpoint(path)
-    spec = meta.get("architecture") or {}
-    if "name" not in spec:
-        raise CheckpointError(f"{weights_path(path)} records no architecture name")
-    model = build_model(spec["name"], **spec.get("kwargs", {}))
-    rebuild_(model, meta, state)
+    state, meta, source = _read(path)
+    spec = meta.get("architecture")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    kwargs = spec.get("kwargs", {}) if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source} records architecture {spec!r}, not a zoo model "
+                              "name and its kwargs; fix its 'architecture' entry, or load the "
+                              "weights with an explicit architecture (evaluate --model NAME)")
+    fix = ("fix its 'architecture' entry, or delete the sidecar to fall back to the copy "
+           "inside the weights")
+    try:
+        model = build_model(name, **kwargs)
+    except TorchslimError as e:
+        raise CheckpointError(f"{source} records architecture {name!r} with {kwargs}: "
+                              f"{e}; {fix}") from e
+    try:
+        rebuild_(model, meta, state)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, TorchslimError):
+            raise
+        raise CheckpointError(f"{source}: its 'record' does not fit {name!r} ({type(e).__name__}: "
+                              f"{e}); {fix}") from e
     load_state_(model, state, source=str(weights_path(path)))
     return model.eval(), meta
 
