@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.prune.sparsity import SparsityConfig, sparsify_
@@ -20,11 +20,12 @@ _BY_CONFIG: dict[type, Pruner] = {
 
 
 def prune_(model: nn.Module, config: ChannelPruneConfig | SparsityConfig, *,
-           example_inputs: Tensor | None = None,
+           example_inputs: Any = None,
            data: Iterable[Any] | None = None) -> PruneResult | dict[str, float]:
     """Prune ``model`` in place.
 
-    ``ChannelPruneConfig`` removes channels (needs ``example_inputs``, one batch) and
+    ``ChannelPruneConfig`` removes channels (needs ``example_inputs``, one batch: a
+    tensor, a tuple or a dict of tensors, as the model takes them) and
     returns a ``PruneResult``; ``SparsityConfig`` zeroes weights (unstructured or N:M) and
     returns each layer's sparsity. ``data`` yields ``(x, y)`` batches for Taylor scores.
     """
@@ -35,7 +36,7 @@ def prune_(model: nn.Module, config: ChannelPruneConfig | SparsityConfig, *,
     return pruner(model, config, example_inputs, data)
 
 
-def _need(example_inputs: Tensor | None) -> Tensor:
+def _need(example_inputs: Any) -> Any:
     if example_inputs is None:
         raise ConfigError("structured pruning traces the model: pass example_inputs=<one batch>")
     return example_inputs

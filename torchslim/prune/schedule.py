@@ -88,14 +88,14 @@ def prune_gradually_(model: nn.Module, config: ChannelPruneConfig, *, example_in
         raise ConfigError(f"steps={steps} must be >= 1")
     if config.ratios is not None and steps > 1:
         raise ConfigError("per-group ratios are applied in one step; use steps=1")
-    shape = tuple(example_inputs.shape[1:])
-    macs0, params0 = count_macs(model, shape), count_params(model)
+    macs0 = count_macs(model, example_inputs=example_inputs)
+    params0 = count_params(model)
     final_kept = _final_kept(config)
     log: list[dict[str, Any]] = []
     kept_before = 1.0
     for i in range(1, steps + 1):
         kept = 1 - sparsity_at(i / steps, final=1 - final_kept, schedule=schedule)
-        step_cfg = _step_config(config, kept, kept_before, model, shape, macs0, params0)
+        step_cfg = _step_config(config, kept, kept_before, model, example_inputs, macs0, params0)
         if i > 1:  # residual blocks, if any, go in the first step
             step_cfg = dataclasses.replace(step_cfg, blocks=0)
         kept_before = kept
@@ -123,12 +123,12 @@ def _final_kept(config: ChannelPruneConfig) -> float:
 
 
 def _step_config(config: ChannelPruneConfig, kept: float, kept_before: float, model: nn.Module,
-                 shape: tuple[int, ...], macs0: int, params0: int) -> ChannelPruneConfig:
+                 example_inputs: Any, macs0: int, params0: int) -> ChannelPruneConfig:
     """The config of one step: the overall kept fraction, relative to the current model."""
     if config.ratios is not None:
         return config
     if config.target_macs is not None:
-        now = count_macs(model, shape) / macs0
+        now = count_macs(model, example_inputs=example_inputs) / macs0
         return dataclasses.replace(config, target_macs=min(1.0, kept / now))
     if config.target_params is not None:
         now = count_params(model) / params0
