@@ -86,6 +86,12 @@ class Distiller(Callback):
         return loader
 
     # ------------------------------------------------------------------ fit callback
+    def on_train_start(self, state: TrainState) -> None:
+        # data-parallel on GPUs, fit moved the student to its rank's device
+        device = next(state.model.parameters()).device
+        for teacher in self.teachers:
+            teacher.to(device)
+
     def on_step_end(self, state: TrainState) -> None:
         self.progress = state.step / max(state.total_steps, 1)
 
@@ -124,7 +130,7 @@ class Distiller(Callback):
 
     def _teacher_logits(self, x: Tensor) -> list[Tensor]:
         if self.cache is not None:
-            return self.cache.current
+            return [logits.to(x.device) for logits in self.cache.current]
         with torch.no_grad():
             return [t(x) for t in self.teachers]
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from torchslim.errors import ConfigError
 from torchslim.train import accuracy
+from torchslim.train.sharding import shard_loader
 
 __all__ = ["frozen", "teacher_weights", "predict_logits", "CachedTeacherLoader"]
 
@@ -151,6 +152,12 @@ class CachedTeacherLoader:
 
     def __len__(self) -> int:
         return len(self._loader)
+
+    def shard_(self, rank: int, world_size: int) -> CachedTeacherLoader:
+        """Yield only rank ``rank``'s share of each batch, with its logits (``fit`` under
+        torchrun calls this); the batches are still drawn from the original sampler."""
+        self._loader = shard_loader(self._loader, rank, world_size)
+        return self
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for x, y, index in self._loader:

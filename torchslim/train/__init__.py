@@ -2,6 +2,7 @@
 
 from torchslim.train.checkpoint import (load, load_checkpoint, load_weights_, read_checkpoint,
                                         save_checkpoint)
+from torchslim.train.distributed import DistributedConfig
 from torchslim.train.loop import Callback, TrainConfig, TrainState, accuracy, fit
 from torchslim.train.masks import KeepMasks
 from torchslim.runtime import register_model_loader
@@ -9,6 +10,6 @@ from torchslim.runtime import register_model_loader
 # torchslim.runtime.open("x.safetensors") rebuilds the model through the checkpoint loader
 register_model_loader(".safetensors", load)
 
-__all__ = ["Callback", "KeepMasks", "TrainConfig", "TrainState", "accuracy", "fit", "load",
-           "load_checkpoint",
+__all__ = ["Callback", "DistributedConfig", "KeepMasks", "TrainConfig", "TrainState", "accuracy",
+           "fit", "load", "load_checkpoint",
            "load_weights_", "read_checkpoint", "save_checkpoint"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchslim.errors import ConfigError
+from torchslim.train.distributed import DistributedConfig
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES"]
 
@@ -31,6 +32,8 @@ class TrainConfig:
     channels_last: bool = True      # NHWC makes oneDNN convolutions ~2x faster on CPU
     max_steps_per_epoch: int | None = None  # cap for quick runs and tests
     keep_masks: bool = True         # pruned (masked) weights stay exactly zero while training
+    # data-parallel over a process group; None: only when started by torchrun
+    distributed: DistributedConfig | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -48,3 +51,6 @@ class TrainConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ConfigError(f"{name}={value!r} must be an integer >= 1 or None")
+        if self.distributed is not None and not isinstance(self.distributed, DistributedConfig):
+            raise ConfigError(f"distributed={self.distributed!r} must be a "
+                              "torchslim.train.DistributedConfig or None")

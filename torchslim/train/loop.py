@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from torchslim import _progress
 from torchslim.errors import CheckpointError, ConfigError, TrainingDivergedError
+from torchslim.train import distributed
 from torchslim.train import state as train_state
 from torchslim.train.callbacks import Callback, TrainState
 from torchslim.train.checkpoint import load_state_
@@ -43,6 +44,10 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
     With ``checkpoint_dir``, the weights (``last.safetensors`` + sidecar) and the training
     state are saved after each epoch, and a later call with the same directory resumes
     after the last finished epoch.
+
+    Under ``torchrun`` (or with ``config.distributed``) every rank calls ``fit`` with the
+    same global data and trains data-parallel on its share (``torchslim.train.distributed``);
+    otherwise nothing distributed runs.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -55,14 +60,30 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
         config = dataclasses.replace(config, channels_last=False)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    # SingleProcess (every hook the identity) unless under torchrun or config.distributed
+    strategy = distributed.strategy_for(config)
+    train = strategy.shard(train)  # this rank's share of each global batch
     steps_per_epoch = _steps_per_epoch(train, config)
     optimizer = _optimizer(model, config)
     total = config.epochs * steps_per_epoch
     st = TrainState(model=model, optimizer=optimizer, scheduler=_scheduler(optimizer, config, total),
                     config=config, total_steps=total)
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    if ckpt is not None:
-        _resume(st, ckpt)
+    try:
+        net = strategy.wrap(model)  # DDP; callbacks keep seeing st.model, the unwrapped one
+        strategy.start(st, (lambda: _resume(st, ckpt)) if ckpt is not None else None)
+        _train(st, net, strategy, train, val, loss_fn, callbacks, steps_per_epoch,
+               ckpt, checkpoint_meta or {})
+    finally:
+        strategy.close()
+    return st.history
+
+
+def _train(st: TrainState, net: nn.Module, strategy: distributed.SingleProcess,
+           train: Iterable[tuple[Tensor, Tensor]], val: Iterable[tuple[Tensor, Tensor]] | None,
+           loss_fn: LossFn | None, callbacks: Sequence[Callback], steps_per_epoch: int,
+           ckpt: Path | None, meta: dict[str, Any]) -> None:
+    config, model = st.config, st.model
     loss_fn = loss_fn or _cross_entropy(config.label_smoothing)
     if config.keep_masks:
         if masked_layers(model) and not any(isinstance(cb, KeepMasks) for cb in callbacks):
@@ -70,17 +91,16 @@ def fit(model: nn.Module, train: Iterable[tuple[Tensor, Tensor]], *,
     for cb in callbacks:
         cb.on_train_start(st)
     while st.epoch < config.epochs and not st.stop:
-        metrics = _run_epoch(st, train, val, loss_fn, callbacks, steps_per_epoch)
+        metrics = _run_epoch(st, net, strategy, train, val, loss_fn, callbacks, steps_per_epoch)
         st.history.append(metrics)
         for cb in callbacks:
             cb.on_epoch_end(st, metrics)
         logger.info("epoch %d/%d  %s", st.epoch + 1, config.epochs, _fmt(metrics))
         st.epoch += 1
         if ckpt is not None:
-            _save(st, ckpt, checkpoint_meta or {})
+            strategy.save(lambda: _save(st, ckpt, meta))  # rank 0 only, the others wait
     for cb in callbacks:
         cb.on_train_end(st)
-    return st.history
 
 
 def _nhwc_unsafe_convs(model: nn.Module) -> list[str]:
@@ -91,7 +111,8 @@ def _nhwc_unsafe_convs(model: nn.Module) -> list[str]:
             and m.kernel_size == (1, 1) and max(m.stride) > 1 and m.in_channels < 8]
 
 
-def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
+def _run_epoch(st: TrainState, net: nn.Module, strategy: distributed.SingleProcess,
+               train: Iterable[tuple[Tensor, Tensor]],
                val: Iterable[tuple[Tensor, Tensor]] | None, loss_fn: LossFn,
                callbacks: Sequence[Callback], steps_per_epoch: int) -> dict[str, Any]:
     cfg, model = st.config, st.model
@@ -108,7 +129,7 @@ def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
             break
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
+        out = net(x)
         loss, terms = _unpack(loss_fn(out, y, x))
         if not torch.isfinite(loss):
             raise TrainingDivergedError(f"loss became {loss.item()} at step {st.step}; "
@@ -117,6 +138,7 @@ def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
         loss.backward()
         st.optimizer.step()
         st.scheduler.step()
+        strategy.after_step(model)  # e.g. BatchNorm statistics averaged over ranks
         st.step += 1
         n = len(y)
         seen += n
@@ -124,27 +146,19 @@ def _run_epoch(st: TrainState, train: Iterable[tuple[Tensor, Tensor]],
             sums[k] = sums.get(k, 0.0) + float(v.detach() if isinstance(v, Tensor) else v) * n
         for cb in callbacks:
             cb.on_step_end(st)
+    sums, seen = strategy.reduce(sums, seen)  # over every rank's share
     metrics: dict[str, Any] = {"epoch": st.epoch + 1, "lr": st.optimizer.param_groups[0]["lr"]}
     metrics.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
     if val is not None:
-        metrics["val_top1"] = accuracy(model, val, channels_last=cfg.channels_last)
+        metrics["val_top1"] = strategy.top1(model, val, channels_last=cfg.channels_last)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *,
              channels_last: bool = False) -> float:
     """Top-1 of ``model`` in eval mode (restores the previous mode)."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in data:
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    model.train(was_training)
+    correct, total = distributed.top1_counts(model, data, channels_last=channels_last)
     return correct / max(total, 1)
 
 
