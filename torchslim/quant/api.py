@@ -20,6 +20,7 @@ from torch import nn
 from torchslim.errors import ConfigError
 from torchslim.quant.calibrate import batches, calibrate_
 from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
+from torchslim.quant.distributed import across_ranks
 from torchslim.quant.dynamic import quantize_dynamic
 from torchslim.quant.prepare import prepare
 from torchslim.quant.fold import fold_simulated_bn_
@@ -67,6 +68,8 @@ def _static(model: nn.Module, config: QuantConfig, calibration: Iterable[Any] | 
                           "DynamicQuantConfig and WeightOnlyConfig need no data")
     if example_inputs is None:
         example_inputs = _first_batch(calibration)
+    # under torchrun: rank 0's config, and this rank's share of every calibration batch
+    config, calibration = across_ranks(config, calibration)
     prepared = prepare(model, config, example_inputs=example_inputs)
     return calibrate_(prepared, calibration, num_batches=num_batches)
 
@@ -101,13 +104,20 @@ def qat(model: nn.Module, train_data: Iterable[Any], *, config: QuantConfig = Qu
     normalisation left, so keep the learning rate small (the default 1e-3; at 1e-2 the
     folded default teacher once diverged to NaN within 14 steps). With ``lsq=True`` the step
     sizes are learned (LSQ) and written back as fixed qparams.
+
+    Under ``torchrun`` (or with ``train_config.distributed``) every rank passes the same
+    data: calibration and training run data-parallel on each rank's share, and the
+    quantizers' statistics are combined over ranks (``torchslim.quant.distributed``).
     """
     for name, epoch in (("freeze_observers_epoch", freeze_observers_epoch),
                         ("freeze_bn_epoch", freeze_bn_epoch)):
         if epoch is not None and (not isinstance(epoch, int) or epoch < 0):
             raise ConfigError(f"{name}={epoch!r} must be an integer >= 0 or None")
     calib = calibration if calibration is not None else train_data
-    prepared = prepare(model, config, example_inputs=_first_batch(calib),
+    example = _first_batch(calib)
+    # under torchrun: rank 0's config, and this rank's share of every calibration batch
+    config, calib = across_ranks(config, calib, train_config.distributed)
+    prepared = prepare(model, config, example_inputs=example,
                        simulate_bn=freeze_bn_epoch is not None)
     calibrate_(prepared, calib, num_batches=num_calib_batches)
     if lsq:

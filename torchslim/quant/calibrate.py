@@ -9,6 +9,10 @@ Bias correction (Nagel et al., ICCV 2019, empirical variant): quantizing weights
 the mean of each output channel by ``E[W x] - E[W_q x]``; adding that shift to the bias
 removes it. Layers are corrected in graph order with the earlier layers already quantized
 and corrected, so each correction sees the inputs the deployed model will see.
+
+Under ``torchrun`` (a process group of several ranks is running) both use every rank's
+batches: observers combine their statistics over ranks and the bias shift is averaged over
+them (``torchslim.quant.distributed``); every rank runs as many batches as the shortest.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch.nn import functional as F
 
 from torchslim import _progress
 from torchslim.errors import ConfigError
+from torchslim.quant.distributed import global_observers, lockstep, sum_over_ranks
 from torchslim.quant.modules import QUANT_MODULES
 from torchslim.quant.prepare import quant_info, set_fake_quant_, set_observers_
 
@@ -59,10 +64,11 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     set_fake_quant_(prepared, False)
     set_observers_(prepared, True)
     device, seen = _device(prepared), 0
-    for x in _progress.track(batches(data, num_batches), description="calibrating",
-                             total=num_batches):
-        prepared(x.to(device))
-        seen += 1
+    with global_observers(prepared):  # every rank's batches under torchrun
+        for x in _progress.track(lockstep(batches(data, num_batches)),
+                                 description="calibrating", total=num_batches):
+            prepared(x.to(device))
+            seen += 1
     if seen == 0:
         raise ConfigError("calibration data yielded no batches; pass a non-empty loader")
     set_observers_(prepared, False)  # computes the qparams once
@@ -107,10 +113,11 @@ def bias_correct_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int 
 
         handle = layer.register_forward_pre_hook(hook)
         try:
-            for x in batches(data, num_batches):
+            for x in lockstep(batches(data, num_batches)):
                 prepared(x.to(device))
         finally:
             handle.remove()
+        total, count = sum_over_ranks(total, count)  # the mean over every rank's batches
         if total is None:
             continue
         _add_to_bias(layer, total / count)

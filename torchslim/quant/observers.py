@@ -16,9 +16,14 @@ number of batches:
   centre), as TensorRT's calibrator.
 
 Observers that clip (percentile, entropy, mse) work per_tensor and per_channel.
+
+Under ``torchrun`` each batch's statistics are combined over ranks before they join the
+state (``Observer.combiner``, set by ``torchslim.quant.distributed.global_observers``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +57,10 @@ def make_observer(name: str, spec: QuantSpec, **kwargs: object) -> Observer:
 
 class Observer(nn.Module):
     """Records statistics of what flows through it and returns its input unchanged."""
+
+    # Combines one batch's statistics over every process (``RankCombiner``) while a
+    # data-parallel run is active; None in a single process.
+    combiner: Any = None
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
@@ -87,6 +96,11 @@ class Observer(nn.Module):
     def _observe(self, rows: Tensor) -> None:
         raise NotImplementedError
 
+    def _batch_minmax(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-row min and max of this batch (of every rank's batch under torchrun)."""
+        lo, hi = torch.aminmax(rows, dim=1)  # (R,), (R,)
+        return (lo, hi) if self.combiner is None else self.combiner.minmax(lo, hi)
+
     def _range(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -104,7 +118,7 @@ class MinMaxObserver(Observer):
         self.register_buffer("max_val", torch.empty(0))
 
     def _observe(self, rows: Tensor) -> None:
-        lo, hi = torch.aminmax(rows, dim=1)  # (R,), (R,)
+        lo, hi = self._batch_minmax(rows)  # (R,), (R,)
         if int(self.num_batches) == 0:
             self.min_val, self.max_val = lo, hi
         else:
@@ -126,7 +140,7 @@ class MovingAverageObserver(MinMaxObserver):
         self.momentum = momentum
 
     def _observe(self, rows: Tensor) -> None:
-        lo, hi = torch.aminmax(rows, dim=1)  # (R,), (R,)
+        lo, hi = self._batch_minmax(rows)  # (R,), (R,)
         if int(self.num_batches) == 0:  # the first batch initialises the averages
             self.min_val, self.max_val = lo, hi
         else:
@@ -160,10 +174,12 @@ class _SampleObserver(_ClippingObserver):
         first = int(self.num_batches) == 0
         super()._observe(rows)
         keys = torch.rand(rows.shape[1], generator=self._gen).to(rows.device)  # (N,)
+        cap = max(1, self.max_samples // rows.shape[0])
+        if self.combiner is not None:  # every rank's smallest keys, with their values
+            keys, rows = self.combiner.union_smallest(keys, rows, cap)
         if not first:
             keys = torch.cat([self.sample_keys, keys])  # (k + N,)
             rows = torch.cat([self.sample, rows], dim=1)  # (R, k + N)
-        cap = max(1, self.max_samples // rows.shape[0])
         if keys.numel() > cap:  # keep the values with the smallest keys
             keep = torch.topk(keys, cap, largest=False).indices
             keys, rows = keys[keep], rows[:, keep]
@@ -242,6 +258,8 @@ class EntropyObserver(_ClippingObserver):
         first = int(self.num_batches) == 0
         super()._observe(rows)
         amax = rows.abs().amax(dim=1).clamp(min=1e-12)  # (R,)
+        if self.combiner is not None:  # the bin edges follow the max over every rank
+            amax = self.combiner.reduce(amax, "max")
         if first:
             self.hist = torch.zeros(rows.shape[0], self.bins, device=rows.device)
             self.hist_max = amax
@@ -250,7 +268,11 @@ class EntropyObserver(_ClippingObserver):
         # Exact zeros (half of a post-ReLU tensor) are exact on every grid, so they cost no
         # error; counted in bin 0 they dominate the KL and force a far too small threshold.
         counts = (rows != 0).to(rows.dtype) if self.skip_zeros else torch.ones_like(rows)
-        self.hist.scatter_add_(1, self._bin_of(rows.abs()), counts)
+        if self.combiner is None:
+            self.hist.scatter_add_(1, self._bin_of(rows.abs()), counts)
+        else:  # this batch's counts on the shared edges, summed over ranks
+            batch = torch.zeros_like(self.hist).scatter_add_(1, self._bin_of(rows.abs()), counts)
+            self.hist += self.combiner.reduce(batch, "sum")
 
     def _bin_of(self, values: Tensor) -> Tensor:
         """Bin index of each ``(R, N)`` value under the current ``hist_max``."""
