@@ -125,7 +125,7 @@ def _job_fit(out: Path, ckpt_a: str, ckpt_b: str, teacher: str) -> None:
     data = load_data("digits", batch_size=64)
     first = _net(100 + rank)  # a different init on each rank: rank 0's must win
     init = digest(first.state_dict().items())
-    d2, d3, dkd = Digests(), Digests(), Digests()
+    d2, d3, dkd, dhint = Digests(), Digests(), Digests(), Digests()
     h2 = fit(first, data.train, val=data.val, config=TrainConfig(epochs=3, **FIT),
              callbacks=[d2, StopAfter(2)], checkpoint_dir=ckpt_a)
     h3 = fit(_net(200 + rank), data.train, val=data.val, config=TrainConfig(epochs=3, **FIT),
@@ -137,15 +137,19 @@ def _job_fit(out: Path, ckpt_a: str, ckpt_b: str, teacher: str) -> None:
     teacher_model.load_state_dict(torch.load(teacher))
     plain = load_data("digits", batch_size=64, augment=False)
     import torchslim.distillation.api as api
-    api_fit = api.fit
-    api.fit = lambda *a, callbacks=(), **k: api_fit(*a, callbacks=[*callbacks, dkd], **k)
-    kd = distill(build_model("resnet8", width=4, num_classes=10, in_channels=1), teacher_model,
-                 plain, DistillConfig(cache_teacher=True, train=TrainConfig(epochs=2, **FIT)))
+    api_fit, recorder = api.fit, [dkd]
+    api.fit = lambda *a, callbacks=(), **k: api_fit(*a, callbacks=[*callbacks, *recorder], **k)
+    student = build_model("resnet8", width=4, num_classes=10, in_channels=1)
+    kd = distill(student, teacher_model, plain,
+                 DistillConfig(cache_teacher=True, train=TrainConfig(epochs=2, **FIT)))
+    recorder[:] = [dhint]  # feature hints: adapters trained outside DDP's forward
+    distill(student, teacher_model, plain, DistillConfig(
+        features=[("layer3", "layer3")], train=TrainConfig(epochs=1, **FIT)))
     torch.save({"init": init, "h2": h2, "h3": h3, "h3_fresh": h3_fresh, "d2": d2.epochs,
                 "d3": d3.epochs, "seen": sorted(d2.seen | dkd.seen), "writes": writes,
                 "saves": saves, "reads": reads, "fresh": digest(fresh.state_dict().items()),
                 "last_state": {k: v.clone() for k, v in first.state_dict().items()},
-                "kd": dkd.epochs, "kd_top1": accuracy(kd, plain.val)}, out / f"rank{rank}.pt")
+                "kd": dkd.epochs, "hint": dhint.epochs, "kd_top1": accuracy(kd, plain.val)}, out / f"rank{rank}.pt")
 
 
 def _job_kd_accuracy(out: Path, teacher: str, seeds: str) -> None:
@@ -200,6 +204,8 @@ def test_every_rank_holds_bit_identical_parameters_after_each_epoch(ddp_fit) -> 
     assert len(r0["d2"]) == 2 and r0["d2"] == r1["d2"]  # ... and trained rank 0's
     assert r0["d2"][0] != r0["d2"][1]
     assert len(r0["kd"]) == 2 and r0["kd"] == r1["kd"]  # KD too (cached teacher, sharded)
+    assert len(r0["hint"]) == 1 and r0["hint"] == r1["hint"]  # and hints with adapters
+    assert r0["kd_top1"] == r1["kd_top1"] > 0.3
 
 
 def test_callbacks_see_the_unwrapped_model(ddp_fit) -> None:
@@ -366,18 +372,28 @@ def test_sigkill_of_a_worker_is_restarted_by_torchrun_and_the_run_matches(
     assert result["digest"] == fresh["fresh"]
 
 
-@pytest.mark.slow
-def test_torchrun_runs_the_train_command(tmp_path: Path) -> None:
+def _torchrun_cli(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "torchslim", "--quiet", "train", "--model", "resnet8", "--width", "8",
-           "--dataset", "digits", "--batch-size", "64", "--epochs", "1", "--threads", "1",
-           "--out", str(tmp_path / "run")]
+           "-m", "torchslim", "--quiet", *args, "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHSLIM_PROGRESS": "0"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert (tmp_path / "run" / "resnet8.safetensors").is_file()
-    assert any((tmp_path / "run" / "state").iterdir())  # fit's resumable state
+    return done
+
+
+@pytest.mark.slow
+def test_torchrun_runs_train_distill_and_quantize_qat(tmp_path: Path) -> None:
+    done = _torchrun_cli("train", "--model", "resnet8", "--width", "8", "--dataset", "digits",
+                         "--batch-size", "64", "--epochs", "1", "--out", str(tmp_path / "t"))
+    teacher = tmp_path / "t" / "resnet8.safetensors"
+    assert teacher.is_file() and any((tmp_path / "t" / "state").iterdir())
     assert done.stdout.count("test top-1") == 2  # each rank ran the command to its end
+    _torchrun_cli("distill", "--teacher", str(teacher), "--student", "resnet8", "--width", "4",
+                  "--epochs", "1", "--batch-sizes", "1", "--out", str(tmp_path / "d"))
+    assert (tmp_path / "d" / "report.json").is_file()
+    _torchrun_cli("quantize", str(teacher), "--method", "qat", "--qat-epochs", "1",
+                  "--batch-sizes", "1", "--out", str(tmp_path / "q"))
+    assert (tmp_path / "q" / "report.json").is_file()
 
 
 @pytest.mark.slow
