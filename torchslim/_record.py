@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-__all__ = ["ATTR", "Record", "Quantization", "Distillation", "RemovedBlock", "record_of",
+__all__ = ["ATTR", "Record", "Quantization", "Coverage", "FloatOp", "Distillation",
+           "RemovedBlock", "record_of",
            "update_", "carry_", "masked_layers", "removed_blocks", "to_json", "restore_"]
 
 ATTR = "torchslim_record"
@@ -42,6 +43,59 @@ class RemovedBlock(nn.Identity):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FloatOp:
+    """One op that quantization left in float, and the reason."""
+
+    name: str          # layer or submodule name; an op inside one is "scope (op)"
+    kind: str          # op kind: conv, linear, matmul, attention, add, module, ...
+    macs: int = 0      # per forward on the example inputs
+    params: int = 0
+    reason: str = ""
+    requested: bool = False  # kept float by the config (skip list, override, policy)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Coverage:
+    """How much of a model runs in INT8: MACs and parameters, and every float op."""
+
+    capture: str = ""                 # the capture route: export, export-strict, fx, submodules
+    macs_total: int = 0               # conv, linear, matmul, attention and recurrent MACs
+    macs_quantizable: int = 0         # in conv / linear / matmul: what integer kernels run
+    macs_quantized: int = 0
+    macs_requested_float: int = 0     # quantizable MACs the config keeps float on purpose
+    params_total: int = 0
+    params_quantized: int = 0
+    float_ops: tuple[FloatOp, ...] = ()   # biggest first
+    notes: tuple[str, ...] = ()       # why earlier capture routes failed
+
+    @property
+    def macs_fraction(self) -> float:
+        """Quantized share of the quantizable MACs (1.0 when there are none)."""
+        return self.macs_quantized / self.macs_quantizable if self.macs_quantizable else 1.0
+
+    @property
+    def enforced_fraction(self) -> float:
+        """Quantized share of the quantizable MACs the config did not keep float (what
+        ``QuantConfig.min_coverage`` bounds)."""
+        base = self.macs_quantizable - self.macs_requested_float
+        return self.macs_quantized / base if base > 0 else 1.0
+
+    @property
+    def params_fraction(self) -> float:
+        return self.params_quantized / self.params_total if self.params_total else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["float_ops"] = [op.to_json() for op in self.float_ops]
+        out["notes"] = list(self.notes)
+        out.update(macs_fraction=self.macs_fraction, params_fraction=self.params_fraction)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class Quantization:
     """How a model was quantized. ``type(config)`` is the kind: ``QuantConfig`` (static
     PTQ or QAT), ``DynamicQuantConfig``, ``WeightOnlyConfig`` or ``LLMQuantConfig``."""
@@ -49,6 +103,14 @@ class Quantization:
     config: Any
     quantized: tuple[str, ...] = ()                    # layers with integer weights
     kept_float: tuple[tuple[str, str], ...] = ()       # (layer, why it stays float)
+    # the config's reduce_range as resolved on the quantizing machine: True = 7-bit
+    # weights (x86 without VNNI); None where the kind has no such option
+    reduce_range: bool | None = None
+    coverage: Coverage | None = None   # static quantization: what runs in INT8 and what not
+    # SmoothQuant / AWQ: each scale group folded ("producer -> reader, ..."), found on the
+    # captured graph; notes: what a method found nothing to act on
+    scale_groups: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     # static (QuantConfig) only: what preparation placed, for calibration and sensitivity
     folded_bn: tuple[str, ...] = ()
     activation_quantizers: Mapping[str, str] = field(default_factory=dict)  # name: rule
@@ -63,7 +125,10 @@ class Quantization:
                   else repr(self.config))
         return {"kind": self.kind, "config": _jsonable(config),
                 "quantized": list(self.quantized),
-                "kept_float": [list(pair) for pair in self.kept_float]}
+                "kept_float": [list(pair) for pair in self.kept_float],
+                "reduce_range": self.reduce_range,
+                "coverage": self.coverage.to_json() if self.coverage is not None else None,
+                "scale_groups": list(self.scale_groups), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,14 +19,18 @@ from torchslim.exporters import export_onnx, export_qdq
 from torchslim.exporters.qdq import ort_fused_ops
 from torchslim.quant import FakeQuantize, LearnableFakeQuantize, QuantSpec
 from torchslim.quant.modules import QuantConv2d, QuantLinear
+from torchslim.quant.reduce_range import reduced_weight, resolve_reduce_range
 
 ort = pytest.importorskip("onnxruntime")
 
 U8 = QuantSpec(bits=8, signed=False, symmetric=False)
+# 7-bit weights where this CPU's u8s8 kernels saturate (what QuantConfig's "auto" does)
+REDUCE, _ = resolve_reduce_range("auto")
 
 
 def w_spec(bits: int) -> QuantSpec:
-    return QuantSpec(bits=bits, granularity="per_channel", axis=0)
+    spec = QuantSpec(bits=bits, granularity="per_channel", axis=0)
+    return reduced_weight(spec) if REDUCE else spec
 
 
 def qconv(cin: int, cout: int, k: int, stride: int, bits: int, lsq: bool) -> QuantConv2d:

@@ -59,7 +59,7 @@ def test_placement_rules_on_a_hand_built_model() -> None:
     assert _rules(prepared) == {"input": 1, "output": 2, "add": 1, "pool": 1}
     code = prepared.code
     assert "relu_act_fq = self.relu_act_fq(relu)" in code
-    assert "fc = self.fc(flatten);" in code and "return fc" in code
+    assert "fc = self.fc(flatten);" in code and "tree_unflatten((fc,)" in code
     assert isinstance(prepared.conv2, QuantConv2d) and isinstance(prepared.fc, QuantLinear)
     assert record_of(prepared).quantization.folded_bn == ("bn1",)
 
@@ -67,8 +67,9 @@ def test_placement_rules_on_a_hand_built_model() -> None:
 def test_matmul_inputs_and_output_are_quantized_once() -> None:
     prepared = prepare(Attention(), example_inputs=(torch.randn(2, 3, 4),))
     # q and k outputs are quantized by rule (b); the softmax output and x (its input
-    # quantizer) feed the second matmul; the final matmul output is the model output.
-    assert _rules(prepared) == {"input": 1, "output": 2, "matmul": 1, "matmul_input": 1}
+    # quantizer) feed the second matmul; the scores feed only the (float) softmax and the
+    # final matmul output is the model output, so neither is quantized.
+    assert _rules(prepared) == {"input": 1, "output": 2, "matmul_input": 1}
 
 
 @pytest.mark.parametrize("name, kwargs, size", [
@@ -96,7 +97,8 @@ def test_zoo_models_prepare_fold_and_match_in_float(name: str, kwargs: dict, siz
 
 
 def test_depthwise_weights_are_per_channel_s8() -> None:
-    prepared = prepare(Toy(), example_inputs=(torch.randn(2, 1, 6, 6),))
+    prepared = prepare(Toy(), QuantConfig(reduce_range=False),
+                       example_inputs=(torch.randn(2, 1, 6, 6),))
     fq = prepared.conv2.weight_fake_quant
     assert isinstance(fq, FakeQuantize) and fq.spec.granularity == "per_channel"
     assert (fq.spec.qmin, fq.spec.qmax, fq.spec.axis) == (-127, 127, 0)
@@ -104,7 +106,7 @@ def test_depthwise_weights_are_per_channel_s8() -> None:
 
 def test_skip_first_last_and_overrides() -> None:
     w4 = QuantSpec(bits=4, granularity="per_channel")
-    cfg = QuantConfig(weight=w4, first_layer="float", last_layer="8bit",
+    cfg = QuantConfig(weight=w4, first_layer="float", last_layer="8bit", reduce_range=False,
                       overrides={"conv2": LayerOverride(weight=QuantSpec(bits=6))})
     prepared = prepare(Toy(), cfg, example_inputs=(torch.randn(2, 1, 6, 6),))
     assert not hasattr(prepared.conv1, "weight_fake_quant")

@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 def _first_batch(data: Iterable[Any]) -> Any:
+    """The model inputs of the first batch (a tensor, a tuple or a dict)."""
     for x in batches(data, 1):
-        return (x,)
+        return x
     raise ConfigError("calibration data yielded no batches; pass a non-empty loader")
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from torchslim import _progress
+from torchslim.capture.inputs import call, to_device
 from torchslim.errors import ConfigError
 from torchslim.quant.distributed import global_observers, lockstep, sum_over_ranks
 from torchslim.quant.modules import QUANT_MODULES
@@ -39,8 +40,9 @@ logger = logging.getLogger(__name__)
 _QUANT_LAYERS = tuple(QUANT_MODULES.values())
 
 
-def batches(data: Iterable[Any], num_batches: int) -> Iterator[Tensor]:
-    """The inputs of the first ``num_batches`` batches; ``(x, y)`` pairs give ``x``."""
+def batches(data: Iterable[Any], num_batches: int) -> Iterator[Any]:
+    """The inputs of the first ``num_batches`` batches; ``(x, y)`` pairs give ``x`` (a
+    tensor, a tuple or a dict of the model's inputs)."""
     if num_batches < 1:
         raise ConfigError(f"num_batches={num_batches} must be >= 1")
     for batch in islice(data, num_batches):
@@ -67,7 +69,7 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     with global_observers(prepared):  # every rank's batches under torchrun
         for x in _progress.track(lockstep(batches(data, num_batches)),
                                  description="calibrating", total=num_batches):
-            prepared(x.to(device))
+            call(prepared, to_device(x, device))
             seen += 1
     if seen == 0:
         raise ConfigError("calibration data yielded no batches; pass a non-empty loader")
@@ -114,7 +116,7 @@ def bias_correct_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int 
         handle = layer.register_forward_pre_hook(hook)
         try:
             for x in lockstep(batches(data, num_batches)):
-                prepared(x.to(device))
+                call(prepared, to_device(x, device))
         finally:
             handle.remove()
         total, count = sum_over_ranks(total, count)  # the mean over every rank's batches

@@ -21,9 +21,11 @@ from typing import Any
 
 from torch import nn
 
+from torchslim.capture.api import METHODS as CAPTURE_METHODS
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec
 from torchslim.quant.observers import OBSERVERS, make_observer
+from torchslim.quant.reduce_range import check_reduce_range, reduced_weight
 
 __all__ = ["QuantConfig", "DynamicQuantConfig", "WeightOnlyConfig", "LayerOverride", "LayerPlan",
            "LAYER_POLICIES", "DYNAMIC_LAYERS", "DEFAULT_WEIGHT", "DEFAULT_ACTIVATION",
@@ -97,8 +99,22 @@ class QuantConfig:
     first_layer: str = "quantize"         # the input layer is often the most sensitive
     last_layer: str = "quantize"          # so is the classifier; "8bit" keeps 8-bit weights
     bias_correction: bool = False         # empirical bias correction after calibration
+    reduce_range: bool | str = "auto"     # 7-bit weights where x86 INT8 kernels saturate
+                                          # ("auto": no VNNI here; see quant/reduce_range.py)
+    min_coverage: float = 0.9             # least share of the conv / linear / matmul MACs
+                                          # (not kept float on purpose) that must be INT8
+    capture: str = "auto"                 # graph capture: auto (torch.export, then fx,
+                                          # then per submodule), export or fx
 
     def __post_init__(self) -> None:
+        check_reduce_range(self.reduce_range)
+        if isinstance(self.min_coverage, bool) or not isinstance(self.min_coverage, (int, float)) \
+                or not 0.0 <= self.min_coverage <= 1.0:
+            raise ConfigError(f"min_coverage={self.min_coverage!r} must be a fraction in [0, 1] "
+                              "(0.9: 90 % of the quantizable MACs in INT8)")
+        if self.capture not in CAPTURE_METHODS:
+            raise ConfigError(f"capture={self.capture!r} must be one of "
+                              f"{', '.join(CAPTURE_METHODS)}")
         for name in ("weight", "activation"):
             if not isinstance(getattr(self, name), QuantSpec):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a QuantSpec")
@@ -170,9 +186,11 @@ class DynamicQuantConfig:
     skip: tuple[str, ...] = ()             # layer names or regexes kept in float
     per_token: bool = False                # one activation grid per row: torch only (ONNX
                                            # Runtime's DynamicQuantizeLinear is per tensor)
+    reduce_range: bool | str = "auto"      # 7-bit weights where x86 INT8 kernels saturate
 
     def __post_init__(self) -> None:
         QuantSpec(bits=self.bits)  # ConfigError for bits outside [2, 8]
+        check_reduce_range(self.reduce_range)
         kinds = {cls: name for name, cls in DYNAMIC_LAYERS.items()}
         layers = (self.layers,) if isinstance(self.layers, (str, type)) else tuple(self.layers)
         names = tuple(kinds.get(x, x) if isinstance(x, type) else x for x in layers)
@@ -285,7 +303,9 @@ def matches(pattern: str, name: str) -> bool:
 
 def check_names(config: QuantConfig, module_names: Sequence[str],
                 layer_names: Sequence[str]) -> None:
-    """ConfigError for a skip / override entry that names no module of the model."""
+    """ConfigError for a skip / override entry that names no module of the model
+    (``module_names`` holds the model's modules and the captured layers, e.g. an
+    attention's ``in_proj``)."""
     for pattern in (*config.skip, *config.overrides):
         if not any(matches(pattern, n) for n in module_names):
             examples = ", ".join(layer_names[:6]) or "(none)"
@@ -293,14 +313,19 @@ def check_names(config: QuantConfig, module_names: Sequence[str],
                               f"module of the model; layers are named like: {examples}")
 
 
-def resolve_layers(config: QuantConfig, layer_names: Sequence[str]) -> dict[str, LayerPlan]:
+def resolve_layers(config: QuantConfig, layer_names: Sequence[str], *,
+                   reduce_range: bool = False) -> dict[str, LayerPlan]:
     """``{name: LayerPlan}`` for the quantizable layers, in graph order.
 
     Precedence: skip list, then an override (exact name, else the first matching regex),
-    then the first / last layer policy, then the global specs."""
+    then the first / last layer policy, then the global specs. With ``reduce_range`` (the
+    resolved setting) every 8-bit weight becomes 7-bit."""
     plans: dict[str, LayerPlan] = {}
     for i, name in enumerate(layer_names):
-        plans[name] = _plan(config, name, first=i == 0, last=i == len(layer_names) - 1)
+        plan = _plan(config, name, first=i == 0, last=i == len(layer_names) - 1)
+        if reduce_range and plan.weight is not None:
+            plan = dataclasses.replace(plan, weight=reduced_weight(plan.weight))
+        plans[name] = plan
     return plans
 
 

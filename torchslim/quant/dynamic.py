@@ -16,6 +16,9 @@ in torch only; ONNX Runtime has no per-token dynamic quantization op.
 ``DynamicQuantizeLSTM`` computes (s8 per-row W / R, u8 per-tensor dynamic activations:
 the layer input once per layer, ``h_{t-1}`` once per step; float gates).
 
+Weights are 7-bit where x86 INT8 kernels saturate (``config.reduce_range``, "auto" by
+default: see :mod:`torchslim.quant.reduce_range`); the record holds the resolved value.
+
 Out of scope: ``nn.GRU`` / ``nn.RNN`` (their projections are fused parameters, not
 Linear modules), LSTMs not selected, and ``nn.MultiheadAttention``, whose
 ``in_proj_weight`` and ``out_proj.weight`` are read directly by
@@ -37,6 +40,7 @@ from torchslim.quant.affine import QuantSpec, calc_qparams_for, fake_quantize
 from torchslim.quant.config import DynamicQuantConfig, check_skip, matches
 from torchslim.quant.fake_quant import FakeQuantize
 from torchslim.quant.modules import QuantLinear
+from torchslim.quant.reduce_range import reduced_weight, resolve_reduce_range
 
 logger = logging.getLogger(__name__)
 
@@ -246,19 +250,24 @@ def quantize_dynamic(model: nn.Module, config: DynamicQuantConfig = DynamicQuant
         raise ConfigError(f"layers names nn.LSTM but {type(model).__name__} has no LSTM "
                           "module")
     skip = check_skip(model, config.skip)
+    reduce, why = resolve_reduce_range(config.reduce_range)
+    logger.info("dynamic quantization: %s", why)
+    bits = reduced_weight(QuantSpec(bits=config.bits)).bits if reduce else config.bits
     new = copy.deepcopy(model)
     if "lstm" in config.layers:
-        _quantize_lstms_(new, config.bits, skip)
+        _quantize_lstms_(new, bits, skip)
     _float_only_note(new)
     if "linear" in config.layers:
-        _quantize_linears_(new, config, skip)
+        _quantize_linears_(new, config, skip, bits)
     quantized = tuple(n for n, m in new.named_modules()
                       if isinstance(m, (DynamicQuantLinear, DynamicQuantLSTM)))
-    update_(new, quantization=Quantization(config=config, quantized=quantized))
+    update_(new, quantization=Quantization(config=config, quantized=quantized,
+                                           reduce_range=reduce))
     return new
 
 
-def _quantize_linears_(model: nn.Module, config: DynamicQuantConfig, skip: tuple[str, ...]) -> None:
+def _quantize_linears_(model: nn.Module, config: DynamicQuantConfig, skip: tuple[str, ...],
+                       bits: int) -> None:
     count = 0
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:  # exact: out_proj of attention is a subclass
@@ -270,6 +279,6 @@ def _quantize_linears_(model: nn.Module, config: DynamicQuantConfig, skip: tuple
             continue
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr,
-                DynamicQuantLinear.from_linear(module, bits=config.bits, per_token=config.per_token))
+                DynamicQuantLinear.from_linear(module, bits=bits, per_token=config.per_token))
         count += 1
     logger.info("dynamic quantization: %d Linear layers quantized", count)

@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
-from torchslim.quant.graph import node_module
+from torchslim.capture.ops import node_module
 from torchslim.quant.modules import to_quant_module
 
 __all__ = ["fold_bn_weights", "fold_batchnorm_", "ConvBn", "QuantConvBn", "fold_simulated_bn_"]
 
-_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from torchslim._record import carry_
 
-__all__ = ["QuantConv1d", "QuantConv2d", "QuantLinear", "QUANT_MODULES", "to_quant_module"]
+__all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLinear", "QUANT_MODULES",
+           "to_quant_module"]
 
 
 def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> nn.Module:
@@ -52,6 +53,10 @@ class QuantConv2d(_QuantConv, nn.Conv2d):
     pass
 
 
+class QuantConv3d(_QuantConv, nn.Conv3d):
+    pass
+
+
 class QuantLinear(nn.Linear):
     weight_fake_quant: nn.Module
 
@@ -67,7 +72,8 @@ class QuantLinear(nn.Linear):
 
 # float type -> its quantized twin (exact types: a subclass may change forward)
 QUANT_MODULES: dict[type[nn.Module], Any] = {
-    nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+    nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Conv3d: QuantConv3d,
+    nn.Linear: QuantLinear}
 
 
 def to_quant_module(module: nn.Module, weight_fake_quant: nn.Module) -> nn.Module:
