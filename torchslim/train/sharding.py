@@ -117,7 +117,8 @@ def shard(data: Any, world: World | None, *, equal: bool = True) -> Any:
         return data
     if hasattr(data, "shard_"):
         return _Shards(data.shard_(world.rank, world.size), world, rows=False, equal=equal)
-    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+    if (isinstance(data, DataLoader) and data.batch_sampler is not None
+            and not isinstance(data.dataset, IterableDataset)):
         loader = shard_loader(data, world.rank, world.size, equal=equal)
         return _Shards(loader, world, rows=False, equal=equal)
     return _Shards(data, world, rows=True, equal=equal)
