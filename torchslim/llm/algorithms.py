@@ -20,25 +20,45 @@ from torchslim.llm.clip import search_qparams
 from torchslim.llm.config import LLMQuantConfig
 from torchslim.llm.gptq import gptq_quantize
 from torchslim.llm.qlinear import W8A8Linear, WeightOnlyLinear, encode_weight, pad_columns
-from torchslim.llm.scaling import ScaleGroup, fold_scales_, scale_groups
+from torchslim.llm.scaling import ScaleGroup, fold_scales_, linear_weight
 from torchslim.quant.affine import calc_qparams_for, fake_quantize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerAlgorithm", "ALGORITHMS", "replace_linear"]
+__all__ = ["LayerAlgorithm", "ALGORITHMS", "replace_linear", "conv1d_to_linear_"]
 
 Stats = dict[str, InputStats]
+
+
+Skip = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
 class LayerAlgorithm:
     needs: frozenset[str]  # InputStats fields to gather; empty = no calibration
-    apply: Callable[[nn.Module, Stats, LLMQuantConfig, Callable[[str], bool]], None]
+    # apply(layer, stats, config, skip, scale groups of the layer) rewrites the layer
+    apply: Callable[[nn.Module, Stats, LLMQuantConfig, Skip, list[ScaleGroup]], None]
+    uses_groups: bool = False  # folds scales through the graph's scale groups
 
 
 def replace_linear(layer: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(layer.get_submodule(parent) if parent else layer, attr, new)
+
+
+def conv1d_to_linear_(model: nn.Module) -> int:
+    """Replace each transformers ``Conv1D`` (GPT-2's projections, weight ``(in, out)``) by
+    the ``nn.Linear`` it computes (weight ``(out, in)``), so every method sees Linears.
+    New tensors are made; the ones ``model`` shares with another model are not written."""
+    found = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    for name, conv in found:
+        linear = nn.Linear(conv.weight.shape[0], conv.weight.shape[1],
+                           bias=conv.bias is not None, dtype=conv.weight.dtype)
+        linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
+        if conv.bias is not None:
+            linear.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        replace_linear(model, name, linear)
+    return len(found)
 
 
 def _linears(layer: nn.Module, skip: Callable[[str], bool]) -> list[tuple[str, nn.Linear]]:
@@ -52,14 +72,14 @@ def _rtn_linear(linear: nn.Linear, cfg: LLMQuantConfig) -> WeightOnlyLinear:
                                        group_size=cfg.group_size)
 
 
-def apply_rtn(layer: nn.Module, _stats: Stats, cfg: LLMQuantConfig,
-              skip: Callable[[str], bool]) -> None:
+def apply_rtn(layer: nn.Module, _stats: Stats, cfg: LLMQuantConfig, skip: Skip,
+              _groups: list[ScaleGroup]) -> None:
     for name, linear in _linears(layer, skip):
         replace_linear(layer, name, _rtn_linear(linear, cfg))
 
 
-def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
-               skip: Callable[[str], bool]) -> None:
+def apply_gptq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig, skip: Skip,
+               _groups: list[ScaleGroup]) -> None:
     # Linears reading the same input share H, and GPTQ treats rows independently: q/k/v
     # (gate/up) are stacked and solved in one pass.
     by_input: dict[int, list[tuple[str, nn.Linear]]] = {}
@@ -103,14 +123,14 @@ def awq_search(x: Tensor, x_mean: Tensor, weights: list[Tensor], cfg: LLMQuantCo
     return best_s, best_alpha
 
 
-def apply_awq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
-              skip: Callable[[str], bool]) -> None:
+def apply_awq(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig, skip: Skip,
+              groups: list[ScaleGroup]) -> None:
     input_scale: dict[str, Tensor] = {}  # the s each Linear's input is now divided by
-    for group in scale_groups(layer):
+    for group in groups:
         if any(skip(n) or n not in stats for n in group.linears):
             continue
         first = stats[group.linears[0]]
-        weights = [layer.get_submodule(n).weight.detach() for n in group.linears]
+        weights = [linear_weight(layer.get_submodule(n)) for n in group.linears]
         s, alpha = awq_search(first.sample(), first.mean_abs(), weights, cfg)
         fold_scales_(layer, group, s)
         input_scale.update(dict.fromkeys(group.linears, s))
@@ -149,27 +169,23 @@ def smooth_scales(act_max: Tensor, weights: list[Tensor], alpha: float) -> Tenso
     return s.clamp(min=1e-5)
 
 
-def apply_smoothquant(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig,
-                      skip: Callable[[str], bool]) -> None:
-    for group in _norm_groups(layer):
+def apply_smoothquant(layer: nn.Module, stats: Stats, cfg: LLMQuantConfig, skip: Skip,
+                      groups: list[ScaleGroup]) -> None:
+    for group in groups:  # norm -> linear (the paper's) and linear -> linear groups
         if any(skip(n) or n not in stats for n in group.linears):
             continue
-        weights = [layer.get_submodule(n).weight.detach() for n in group.linears]
+        weights = [linear_weight(layer.get_submodule(n)) for n in group.linears]
         act_max = stats[group.linears[0]].abs_max
-        assert act_max is not None
+        if act_max is None:
+            continue
         fold_scales_(layer, group, smooth_scales(act_max, weights, cfg.alpha))
     for name, linear in _linears(layer, skip):
         replace_linear(layer, name, W8A8Linear.from_float(linear))
 
 
-def _norm_groups(layer: nn.Module) -> list[ScaleGroup]:
-    """SmoothQuant's groups: the ones fed by a norm (as in the paper)."""
-    return scale_groups(layer, include_linear_prev=False)
-
-
 ALGORITHMS: dict[str, LayerAlgorithm] = {
     "rtn": LayerAlgorithm(frozenset(), apply_rtn),
     "gptq": LayerAlgorithm(frozenset({"hessian"}), apply_gptq),
-    "awq": LayerAlgorithm(frozenset({"absmean", "sample"}), apply_awq),
-    "smoothquant": LayerAlgorithm(frozenset({"absmax"}), apply_smoothquant),
+    "awq": LayerAlgorithm(frozenset({"absmean", "sample"}), apply_awq, uses_groups=True),
+    "smoothquant": LayerAlgorithm(frozenset({"absmax"}), apply_smoothquant, uses_groups=True),
 }

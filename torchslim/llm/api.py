@@ -14,11 +14,13 @@ from torch import Tensor, nn
 from torchslim._progress import track
 from torchslim._record import Quantization, update_
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.llm.algorithms import ALGORITHMS, replace_linear
+from torchslim.llm.algorithms import ALGORITHMS, conv1d_to_linear_, replace_linear
 from torchslim.llm.calibrate import calibrate_layers, decoder_layers
 from torchslim.llm.config import LLMQuantConfig
 from torchslim.llm.data import calibration_batches
+from torchslim.llm.groups import find_scale_groups
 from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear, encode_weight
+from torchslim.llm.scaling import ScaleGroup, is_linear, relative
 from torchslim.quant.config import check_skip, matches, weight_only_spec
 
 logger = logging.getLogger(__name__)
@@ -107,34 +109,58 @@ def _quantize_(new: nn.Module, cfg: LLMQuantConfig, *, calibration: Calibration 
     skip = check_skip(new, cfg.skip)
     algorithm = ALGORITHMS[cfg.method]
     new.eval()
+    conv1d_to_linear_(new)
     new_layers = decoder_layers(new)
     prefix = next(n for n, m in new.named_modules() if m is new_layers)
+    ids = _calibration_ids(calibration, tokenizer, cfg) if cfg.needs_calibration else None
+    groups, notes = _scale_groups(new, cfg, ids) if algorithm.uses_groups else ([], [])
 
     def skipped(name: str) -> bool:
         return any(matches(p, name) for p in skip)
 
+    def apply(p: str, layer: nn.Module, stats: dict) -> None:
+        algorithm.apply(layer, stats, cfg, lambda n: skipped(f"{p}.{n}"), relative(groups, p))
+
     with torch.no_grad():
-        if cfg.needs_calibration:
-            ids = _calibration_ids(calibration, tokenizer, cfg)
-            calibrate_layers(
-                new, ids, needs=algorithm.needs, skip=skipped, batch_size=cfg.batch_size,
-                max_rows=cfg.awq_tokens,
-                apply=lambda p, layer, stats: algorithm.apply(
-                    layer, stats, cfg, lambda n: skipped(f"{p}.{n}")))
+        if ids is not None:
+            calibrate_layers(new, ids, needs=algorithm.needs, skip=skipped,
+                             batch_size=cfg.batch_size, max_rows=cfg.awq_tokens, apply=apply)
         else:
             for i, layer in enumerate(track(new_layers, description="quantizing layers",
                                             total=len(new_layers))):
-                algorithm.apply(layer, {}, cfg, lambda n, p=f"{prefix}.{i}": skipped(f"{p}.{n}"))
+                apply(f"{prefix}.{i}", layer, {})
         if cfg.lm_head:
             _quantize_head_(new, skip)
-    update_(new, quantization=Quantization(config=cfg, quantized=tuple(quantized_layers(new))))
+    update_(new, quantization=Quantization(
+        config=cfg, quantized=tuple(quantized_layers(new)),
+        scale_groups=tuple(g.describe() for g in groups), notes=tuple(notes)))
     logger.info("%s: %d Linear layers quantized", cfg.label, len(quantized_layers(new)))
     return new
 
 
+def _scale_groups(model: nn.Module, cfg: LLMQuantConfig, ids: Tensor | None
+                  ) -> tuple[list[ScaleGroup], list[str]]:
+    """The scale groups AWQ / SmoothQuant fold through, found on the model's graph (on two
+    calibration windows); a warning and a note when there are none."""
+    if ids is None:
+        return [], []
+    sample = {"input_ids": ids[:2], "attention_mask": torch.ones_like(ids[:2])}
+    groups = find_scale_groups(model, sample)
+    if groups:
+        logger.info("%s: scales folded through %d groups found on the graph", cfg.method,
+                    len(groups))
+        return groups, []
+    note = (f"{cfg.method} found no LayerNorm/RMSNorm -> Linear or Linear -> Linear group "
+            f"in {type(model).__name__}'s graph to fold scales through; "
+            + ("its Linears are quantized without smoothing" if cfg.method == "smoothquant"
+               else "only the clipping search and rounding ran"))
+    logger.warning("%s", note)
+    return [], [note]
+
+
 def _check_model(model: nn.Module) -> None:
     layers = decoder_layers(model)
-    if not any(type(m) is nn.Linear for m in layers.modules()):
+    if not any(is_linear(m) for m in layers.modules()):
         raise UnsupportedModelError(f"{type(model).__name__}'s decoder layers hold no nn.Linear "
                                     "to quantize")
 

@@ -96,22 +96,30 @@ class _Stop(Exception):
 
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, layers: nn.ModuleList, input_ids: Tensor, *,
-                         batch_size: int) -> list[tuple[Tensor, dict[str, Any]]]:
-    """``[(hidden_states, layer kwargs)]`` entering ``layers[0]``, one per batch of windows."""
+                         batch_size: int, attention_mask: Tensor | None = None
+                         ) -> list[tuple[Tensor, dict[str, Any]]]:
+    """``[(hidden_states, layer kwargs)]`` entering ``layers[0]``, one per batch of windows
+    (the model called with its attention mask, as ``TextModel`` calls it: no KV cache)."""
+    from torchslim.transformers.model import TextModel
+
     captured: list[tuple[Tensor, dict[str, Any]]] = []
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
         captured.append((hidden.detach(), {k: v for k, v in kwargs.items()
-                                           if k not in ("past_key_values", "past_key_value")}))
+                                           if k not in ("past_key_values", "past_key_value",
+                                                        "cache")}))
         raise _Stop
 
+    net = TextModel(model)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for start in range(0, input_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
             try:
-                model(input_ids=input_ids[start:start + batch_size], use_cache=False)
+                net(input_ids[rows], attention_mask=mask[rows])
             except _Stop:
                 pass
     finally:

@@ -23,7 +23,8 @@ import torch
 from torchslim import config
 from torchslim.errors import DataFormatError, DataNotFoundError, MissingDependencyError
 
-__all__ = ["AUSTEN_BOOKS", "austen_dir", "load_austen", "calibration_batches", "token_slice"]
+__all__ = ["AUSTEN_BOOKS", "austen_dir", "load_austen", "calibration_batches", "special_tokens",
+           "token_slice"]
 
 AUSTEN_BOOKS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma",
                 "northangerabbey", "persuasion")
@@ -108,14 +109,33 @@ def token_slice(tokenizer: Any, text: str, *, start: int = 0,
     return piece
 
 
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """``(prefix, suffix)`` ids the tokenizer puts around a text (``[CLS]`` / ``[SEP]``
+    for BERT, ``<s>`` for Llama, none for GPT-2), read off one encoded word."""
+    bare = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a", add_special_tokens=True).input_ids
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare):])
+    return [], []
+
+
 def calibration_batches(tokenizer: Any, texts: Sequence[str], *, n_samples: int = 64,
                         seq_len: int = 512, seed: int = 0) -> torch.Tensor:
     """``(n_samples, seq_len)`` token ids: random windows of the concatenated ``texts``
-    (a fixed ``seed``, so every method calibrates on the same tokens)."""
+    between the tokenizer's own special tokens (so each window looks like the input the
+    model was trained on; no padding, so its attention mask is all ones). A fixed
+    ``seed``: every method calibrates on the same tokens."""
+    prefix, suffix = special_tokens(tokenizer)
+    body = seq_len - len(prefix) - len(suffix)
+    if body < 1:
+        raise DataFormatError(f"seq_len={seq_len} leaves no room for text between the "
+                              f"{len(prefix) + len(suffix)} special tokens")
     ids = torch.cat([token_slice(tokenizer, t) for t in texts])
-    if ids.numel() <= seq_len:
+    if ids.numel() <= body:
         raise DataFormatError(f"calibration text has {ids.numel()} tokens; need more than "
                               f"seq_len={seq_len}")
     gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])
+    starts = torch.randint(0, ids.numel() - body, (n_samples,), generator=gen)
+    head, tail = torch.tensor(prefix, dtype=torch.long), torch.tensor(suffix, dtype=torch.long)
+    return torch.stack([torch.cat([head, ids[s:s + body], tail]) for s in starts.tolist()])
