@@ -149,7 +149,8 @@ def _job_fit(out: Path, ckpt_a: str, ckpt_b: str, teacher: str) -> None:
                 "d3": d3.epochs, "seen": sorted(d2.seen | dkd.seen), "writes": writes,
                 "saves": saves, "reads": reads, "fresh": digest(fresh.state_dict().items()),
                 "last_state": {k: v.clone() for k, v in first.state_dict().items()},
-                "kd": dkd.epochs, "hint": dhint.epochs, "kd_top1": accuracy(kd, plain.val)}, out / f"rank{rank}.pt")
+                "kd": dkd.epochs, "hint": dhint.epochs, "kd_top1": accuracy(kd, plain.val)},
+               out / f"rank{rank}.pt")
 
 
 def _job_kd_accuracy(out: Path, teacher: str, seeds: str) -> None:
@@ -347,8 +348,8 @@ history = fit(model, data.train, val=data.val, config=TrainConfig(epochs=3, **{f
               callbacks=[cb], checkpoint_dir={ckpt!r})
 if rank == 0:
     torch.save({{"history": history, "digest": digest(model.state_dict().items()),
-                "attempt": os.environ["TORCHELASTIC_RESTART_COUNT"], "start_epoch": cb.start_epoch}},
-               {result!r})
+                "attempt": os.environ["TORCHELASTIC_RESTART_COUNT"],
+                "start_epoch": cb.start_epoch}}, {result!r})
 '''
 
 

@@ -13,10 +13,14 @@ Observers combine each batch's statistics over ranks BEFORE folding them into th
 
 Weight observers combine too: the weights are equal on every rank (``global_observers``
 broadcasts rank 0's first, DDP keeps them so), but a simulated conv+BN fold quantizes
-``w * gamma / sqrt(running_var)``, and combining costs two numbers per channel. The quantizer layout is decided once: ``across_ranks`` gives every rank rank 0's config,
+``w * gamma / sqrt(running_var)``, and combining costs two numbers per channel.
+
+The quantizer layout is decided once: ``across_ranks`` gives every rank rank 0's config,
 and ``global_observers`` checks that every rank prepared the same quantizers before any
 collective runs. Freezing (observers, BatchNorm) follows ``TrainState.epoch``, which is
-the same on every rank (and broadcast on resume), so it happens on the same step everywhere.
+the same on every rank (and broadcast on resume), so it happens on the same step
+everywhere. ``torchslim.quant.calibrate`` imports this module, which registers
+``global_observers`` as ``fit``'s model hook: any prepared model trains with it.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ class RankCombiner:
         padded = torch.cat([local, local.new_zeros(pad)], dim)
         parts = [torch.empty_like(padded) for _ in range(self.world.size)]
         dist.all_gather(parts, padded)
-        return torch.cat([p.narrow(dim, 0, int(n)) for p, n in zip(parts, sizes)], dim).to(t.device)
+        whole = torch.cat([p.narrow(dim, 0, int(n)) for p, n in zip(parts, sizes)], dim)
+        return whole.to(t.device)
 
     def union_smallest(self, keys: Tensor, rows: Tensor, cap: int) -> tuple[Tensor, Tensor]:
         """The ``cap`` smallest keys of every rank's batch, with their values: the smallest
