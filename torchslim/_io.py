@@ -206,6 +206,9 @@ def inside(root: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> Path
     real = path.resolve()
     if real != real_root and real_root not in real.parents:
         rel = os.path.join(*map(str, parts)) if parts else "."
+        links = [p for p in (path, *path.parents) if p.is_symlink() and base in (p, *p.parents)]
+        fix = (f"through the symlink {links[-1]}; remove it or pass another output"
+               if links else "use a plain relative name")
         raise ConfigError(f"{rel!r} would be written outside the output directory {base} "
-                          f"(it resolves to {real}); use a plain relative name")
+                          f"(it resolves to {real}); {fix}")
     return path

@@ -11,6 +11,7 @@ import typer
 from torchslim._commands._app import (BatchSizes, Threads, app, command, out_console,
                                       parse_sizes, setup_logging, state)
 from torchslim._commands._options import with_options
+from torchslim.errors import ConfigError
 from torchslim.pipeline.quantize import QUANTIZE
 from torchslim.pipeline.training import TRAIN
 
@@ -24,7 +25,7 @@ def _global(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.
     setup_logging(level)
 
 
-@command()
+@command(writes="out")
 def demo(out: Annotated[Path, typer.Option(help="Directory for the report.")] = Path("runs/demo"),
          quick: Annotated[bool, typer.Option(help="Tiny teacher on a data subset (smoke test).")] = False,
          threads: Threads = 2,
@@ -40,35 +41,49 @@ def demo(out: Annotated[Path, typer.Option(help="Directory for the report.")] = 
     out_console.print(f"report: {paths['html']}\njson:   {paths['json']}")
 
 
-@command()
+@command(writes="out")
 @with_options(TRAIN)
 def train(model: Annotated[str, typer.Option(help="Zoo model name, e.g. resnet20.")] = "resnet14",
           dataset: Annotated[str, typer.Option(help="fashion-mnist or digits.")] = "fashion-mnist",
           *, options: dict[str, Any],
-          batch_size: int = 128, width: Optional[int] = None, threads: Threads = 2,
+          batch_size: Annotated[int, typer.Option(min=1)] = 128,
+          width: Annotated[Optional[int], typer.Option(min=1)] = None, threads: Threads = 2,
           out: Annotated[Path, typer.Option(help="Directory for the checkpoint.")] = Path("runs/train"),
-          data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
-    """Train a zoo model; resumes from OUT/state after an interruption."""
+          data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+          resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT, even with changed settings (e.g. more epochs).")] = False,
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the run in OUT and start again.")] = False) -> None:
+    """Train a zoo model; resumes from OUT/state after an interruption (the same settings),
+    refuses an OUT that holds a run with other settings unless --resume or --overwrite."""
     import dataclasses
 
+    import torch
+
     from torchslim.data import load_data
+    from torchslim.pipeline.training import STATE_DIR, prepare_train_output
     from torchslim.train import accuracy, fit, save_checkpoint
     from torchslim.zoo import build_model, model_spec
 
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one")
     config = dataclasses.replace(TRAIN.plan("cli", **options), threads=threads)
+    settings = {"model": model, "dataset": dataset, "width": width, "batch_size": batch_size,
+                **{k: v for k, v in options.items()}}
+    prepare_train_output(out, settings, resume=resume, overwrite=overwrite)
     bundle = load_data(dataset, root=data, batch_size=batch_size, seed=config.seed)
     kwargs = {"width": width} if width is not None else {}
+    torch.manual_seed(config.seed)   # the initial weights are the seed's too
     net = build_model(model, num_classes=bundle.info.num_classes,
                       in_channels=bundle.info.input_shape[0], **kwargs)
-    history = fit(net, bundle.train, config=config, val=bundle.val, checkpoint_dir=out / "state",
-                  checkpoint_meta={"dataset": dataset})
+    history = fit(net, bundle.train, config=config, val=bundle.val, checkpoint_dir=out / STATE_DIR,
+                  checkpoint_meta={"dataset": dataset, "settings": settings})
     test_top1 = accuracy(net, bundle.test)
     path = save_checkpoint(out / f"{model}.safetensors", net, spec=model_spec(net),
-                           dataset=dataset, metrics={"test_top1": test_top1, "history": history})
+                           dataset=dataset, metrics={"test_top1": test_top1, "history": history},
+                           settings=settings)
     out_console.print(f"test top-1 {test_top1:.4f}\ncheckpoint: {path}")
 
 
-@command("evaluate")
+@command("evaluate", writes="out")
 def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) or .onnx file.")],
                  dataset: str = "fashion-mnist",
                  reference: Annotated[Optional[Path], typer.Option(help="Baseline checkpoint for agreement.")] = None,
@@ -84,10 +99,12 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
     sizes = parse_sizes(batch_sizes)
     bundle = load_data(dataset, root=data)
     candidate_session, candidate_model = _open(path, model, threads)
+    _check_fits(candidate_session, bundle, path)
     common: dict[str, Any] = {"batch_sizes": sizes, "class_names": list(bundle.info.class_names)}
     baseline = None
     if reference is not None:
         ref_session, ref_model = _open(reference, None, threads)
+        _check_fits(ref_session, bundle, reference)
         baseline = evaluate(ref_session, bundle.test,
                             name=f"reference-{reference.stem}-{ref_session.name}",
                             model=ref_model, **common)
@@ -101,7 +118,7 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
     out_console.print(f"report: {paths['html']}")
 
 
-@command()
+@command(writes="out")
 @with_options(QUANTIZE)
 def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to quantize.")],
              options: dict[str, Any],
@@ -122,11 +139,11 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
     out_console.print(f"artifact: {result['artifact']}\nreport:   {result['report']['html']}")
 
 
-@command()
+@command(writes="out")
 @with_options(QUANTIZE, only=("bits", "observer"))
 def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors).")],
                 options: dict[str, Any],
-                batches: Annotated[int, typer.Option(help="Calibration and scoring batches.")] = 8,
+                batches: Annotated[int, typer.Option(min=1, help="Calibration and scoring batches.")] = 8,
                 threads: Threads = 2,
                 out: Annotated[Path, typer.Option(help="Directory for sensitivity.json.")] = Path("runs/sensitivity"),
                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
@@ -155,23 +172,36 @@ def sensitivity(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.sa
     out_console.print(f"json: {path}")
 
 
-@command()
+@command(writes="out")
 def report(reports: Annotated[list[Path], typer.Argument(help="report.json files to merge.")],
            out: Annotated[Path, typer.Option(help="Directory for the merged report.")] = Path("runs/report")
            ) -> None:
     """Merge report.json files (first one's baseline) into one JSON/HTML report."""
-    from torchslim.evaluation import EvalResult
-    from torchslim.report import load_report, print_table, write_report
+    from torchslim.report import load_results, print_table, write_report
 
-    loaded = [load_report(p) for p in reports]
-    results = [EvalResult.from_dict(c) for r in loaded for c in r["candidates"]]
-    unique = list({r.name: r for r in results}.values())
-    base_name = loaded[0]["baseline"]
-    baseline = next(r for r in unique if r.name == base_name)
-    others = [r for r in unique if r.name != base_name]
-    paths = write_report(out, baseline=baseline, candidates=others, dataset=loaded[0]["dataset"])
+    loaded = [load_results(p) for p in reports]
+    unique = list({r.name: r for _, results in loaded for r in results}.values())
+    first = loaded[0][0]
+    baseline = next(r for r in unique if r.name == first["baseline"])  # load_results checked it
+    others = [r for r in unique if r.name != first["baseline"]]
+    paths = write_report(out, baseline=baseline, candidates=others, dataset=first["dataset"])
     print_table([baseline, *others], console=out_console)
     out_console.print(f"report: {paths['html']}")
+
+
+def _check_fits(session: Any, bundle: Any, path: Path) -> None:
+    """One test image through ``session`` before the long evaluation: an artifact made for
+    other inputs or another number of classes is one clear line, not a runtime's error."""
+    import numpy as np
+
+    x, _ = next(iter(bundle.test))
+    logits = np.asarray(session.run(x[:1].numpy()))
+    classes, info = logits.shape[-1] if logits.ndim == 2 else None, bundle.info
+    if classes != info.num_classes:
+        got = f"{classes} classes" if classes is not None else f"shape {logits.shape}"
+        raise ConfigError(f"{path} outputs {got} but {info.name} has {info.num_classes}; "
+                          "evaluate it on the dataset it was trained for (--dataset), or "
+                          f"pass a model with {info.num_classes} outputs")
 
 
 def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
@@ -186,7 +216,9 @@ def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
         return session, getattr(session, "model", None)
     # a checkpoint loaded as another zoo architecture than the one it records
     _, meta = read_checkpoint(path)
-    kwargs = {k: v for k, v in (meta.get("architecture") or {}).get("kwargs", {}).items()
+    spec = meta.get("architecture")
+    recorded = spec.get("kwargs") if isinstance(spec, dict) else None
+    kwargs = {k: v for k, v in (recorded if isinstance(recorded, dict) else {}).items()
               if k in ("num_classes", "in_channels")}
     net = build_model(model_name, **kwargs)
     load_weights_(net, path)

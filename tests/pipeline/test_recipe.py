@@ -48,8 +48,21 @@ def test_a_good_recipe_loads_with_its_attempts_in_order() -> None:
                                       "allowed: distill, export, finetune, prune, quantize",
                                       "did you mean 'prune'")),
     ("epochs: 1", "epochs: [1", 8, ("invalid YAML",)),
-    ("model: resnet8", "model: nopkg.models:build", 2, ("model", "cannot import 'nopkg.models'")),
-    ("model: resnet8", "model: torchslim.zoo:nothing", 2, ("model", "no function 'nothing'")),
+    ("model: resnet8", "model: nopkg models:build", 2, ("model", "package.module:function")),
+    ("data: digits", "data: mine:data:x", 4, ("data", "package.module:function")),
+    ("name: t", "name: ../t", 1, ("name", "must be a plain name")),
+    ("name: t", "name: t\nname: u", 2, ("name", "duplicate key (first at line 1)")),
+    ("epochs: 1", "epochs: 1\n    epochs: 2", 8, ("stages[0].epochs", "duplicate key (first at line 7)")),
+    ("- kind: finetune", "- kind: finetune\n    name: /tmp/evil", 7, ("stages[0].name", "plain name")),
+    ("- kind: finetune", "- kind: finetune\n    name: a/../../b", 7, ("stages[0].name", "plain name")),
+    ("  - kind: export\n", "  - kind: export\n    artifact: ../x.onnx\n", 16,
+     ("stages[3].artifact", "plain name")),
+    ("  - kind: export\n", "  - kind: export\n    artifact: /tmp/x.onnx\n", 16,
+     ("stages[3].artifact", "plain name")),
+    ("  - kind: export\n", "  - kind: export\n    artifact: model.exe\n", 16,
+     ("stages[3].artifact", "must end in .onnx")),
+    ("data: digits", "data: digits\ndata_args: {colour: red}", 5,
+     ("data_args", "unknown option(s) ['colour']", "train_limit")),
     ("model: resnet8", "model: resnet9", 2, ("model", "'resnet9'", "resnet8")),
     ("data: digits", "data: cifar", 4, ("data", "unknown dataset 'cifar'", "fashion-mnist")),
     ("epochs: 1", "epoch: 1", 7, ("stages[0].epoch", "unknown option", "allowed: epochs")),
@@ -75,6 +88,21 @@ def test_malformed_recipes_name_file_line_and_field(old: str, new: str, line: in
     assert message.startswith(f"r.yaml:{line}: "), message
     for needle in needles:
         assert needle in message, message
+
+
+def test_validation_imports_no_entry_point(tmp_path: Path, monkeypatch) -> None:
+    """A recipe is checked without running its code: a module that would raise on import
+    (or does not exist) loads as a recipe; its entry point runs only when the run starts."""
+    (tmp_path / "planted_mod.py").write_text("raise SystemExit('imported while validating')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = GOOD.replace("model: resnet8", "model: planted_mod:build").replace(
+        "data: digits", "data: nopkg.loaders:data")
+    recipe = parse_recipe(text, source="r.yaml")
+    assert (recipe.model, recipe.data) == ("planted_mod:build", "nopkg.loaders:data")
+    import sys
+    assert "planted_mod" not in sys.modules and "nopkg" not in sys.modules
+    assert recipe.where("data") == "r.yaml:4: data"
+    assert recipe.model_copy(update={"output": "x"}).where("model") == "r.yaml:2: model"
 
 
 def test_the_percentile_option_reaches_the_quant_config() -> None:

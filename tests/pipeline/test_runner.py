@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import onnx
 import pytest
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, OutputLockedError
 from torchslim.pipeline.recipe import load_recipe
 from torchslim.pipeline.runner import run_recipe
 from torchslim.train import load_checkpoint
@@ -118,6 +119,91 @@ def test_an_existing_run_is_not_overwritten_silently(write_recipe, one_thread) -
         run_recipe(path, resume=True)
     again = run_recipe(path, overwrite=True)
     assert again.verdict == "met"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("stages, top, needle", [
+    ([{**PTQ, "name": "{victim}"}], {}, "stages[0].name"),             # absolute
+    ([{**PTQ, "name": "../../victim"}], {}, "stages[0].name"),
+    ([PTQ, {"kind": "export", "artifact": "../victim/x.onnx"}], {}, "stages[1].artifact"),
+    ([PTQ, {"kind": "export", "artifact": "{victim}/x.onnx"}], {}, "stages[1].artifact"),
+    ([PTQ], {"name": "../victim"}, "name"),
+])
+def test_recipe_names_cannot_point_outside_the_output(write_recipe, tmp_path: Path, stages,
+                                                      top, needle) -> None:
+    """An absolute stage name, ``..`` or an absolute artifact path is refused when the
+    recipe is read, before anything runs; the directory they name is left as it was."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    stages = json.loads(json.dumps(stages).replace("{victim}", str(victim)))
+    path = write_recipe(stages)
+    if top:   # the recipe's own name: written by hand (write_recipe names the file by it)
+        path.write_text(path.read_text().replace("name: tiny", f"name: {top['name']}"))
+    with pytest.raises(ConfigError, match=rf"{path.name}:\d+: {re.escape(needle)}: .*plain name"):
+        run_recipe(path)
+    assert _tree(victim) == {"keep.txt": b"mine"}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_symlink_in_the_output_cannot_redirect_writes_or_deletes(write_recipe,
+                                                                   tmp_path: Path) -> None:
+    """``stages`` made a symlink to another directory (by a hostile or careless hand): the
+    run refuses to write through it, and --overwrite refuses to delete through it."""
+    victim = tmp_path / "victim"
+    (victim / "01-quantize").mkdir(parents=True)
+    (victim / "01-quantize" / "stage.json").write_text("{}")
+    (victim / "keep.txt").write_text("mine")
+    before = _tree(victim)
+    path = write_recipe([PTQ])
+    out = tmp_path / "runs" / "tiny"
+    out.mkdir(parents=True)
+    (out / "stages").symlink_to(victim)
+    with pytest.raises(ConfigError, match="outside the output directory .* through the "
+                                          "symlink .*stages; remove it"):
+        run_recipe(path)
+    assert _tree(victim) == before
+    (out / "recipe.json").write_text("{}")          # an earlier run, to be overwritten
+    with pytest.raises(ConfigError, match="outside the output directory .* through the symlink"):
+        run_recipe(path, overwrite=True)
+    assert _tree(victim) == before and (out / "stages").is_symlink()
+
+
+def test_a_tampered_stage_log_cannot_point_a_resume_outside(write_recipe, tmp_path: Path,
+                                                            one_thread) -> None:
+    path = write_recipe([PTQ])
+    first = run_recipe(path)
+    stage = first.out / "stages" / "01-quantize" / "stage.json"
+    entry = json.loads(stage.read_text())
+    entry["attempts"][0]["checkpoint"] = str(tmp_path / "victim.safetensors")
+    stage.write_text(json.dumps(entry))
+    with pytest.raises(ConfigError, match="outside the output directory"):
+        run_recipe(path, resume=True)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(
+        write_recipe, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    path = write_recipe([PTQ])
+    out = tmp_path / "runs" / "tiny"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom torchslim import _io\n"
+         "with _io.lock_dir(sys.argv[1], command='torchslim run'):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match=rf"output {out} is in use by torchslim run"):
+            run_recipe(path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "recipe.json").exists()
 
 
 def test_distill_stage_trains_a_scaled_student(write_recipe, tmp_path: Path, one_thread) -> None:

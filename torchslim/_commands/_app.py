@@ -12,39 +12,86 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
+from torchslim import _io
 from torchslim.errors import ConfigError, TorchslimError
 
-__all__ = ["app", "command", "out_console", "err_console", "state", "one_line", "Threads",
+__all__ = ["app", "command", "out_console", "err_console", "state", "one_line", "print_error",
+           "Threads",
            "BatchSizes", "parse_sizes", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _OneLineUsageErrors(TyperGroup):
+    """The root command: a usage error (an unknown option, ``--threads abc``) is one line on
+    stderr and exit code 2, like every other bad input, instead of click's framed box."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        prog_name = prog_name or "torchslim"
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:   # click's UsageError, BadParameter, ...
+            print_error(usage_line(e) if hasattr(e, "ctx") else e.format_message())
+            sys.exit(2 if hasattr(e, "ctx") else e.exit_code)
+        except typer.Abort:
+            err_console.print("interrupted")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(e: typer.TyperException) -> str:
+    """``Invalid value for '--threads': ...; see `torchslim train --help```."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "torchslim"
+    return f"{one_line(e.format_message()).rstrip('.')}; see `{where} --help`"
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Make trained PyTorch models smaller and faster, with measured accuracy.")
 out_console = Console()
 err_console = Console(stderr=True)
 state: dict[str, Any] = {"debug": False}
 
-Threads = Annotated[int, typer.Option(help="CPU threads for torch and ONNX Runtime.")]
+Threads = Annotated[int, typer.Option(min=1, help="CPU threads for torch and ONNX Runtime.")]
 BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes for latency.")]
 
 
-def command(name: str | None = None, *, on: typer.Typer | None = None) -> Callable[[F], F]:
+def command(name: str | None = None, *, on: typer.Typer | None = None, group: str = "",
+            writes: str | None = None) -> Callable[[F], F]:
     """``app.command`` (or ``on.command`` for a sub-app) that turns a TorchslimError into one
-    line on stderr and exit code 2 (the traceback only with --debug)."""
+    line on stderr and exit code 2 (the traceback only with --debug).
+
+    ``writes`` names the parameter that holds the command's output directory: it is
+    checked before any work starts (a file in its place is refused) and locked for the
+    whole command, so a second run on the same directory is refused at once. ``group`` is
+    the sub-app's name (``llm``), for the lock's label."""
 
     def decorator(fn: F) -> F:
+        label = " ".join(w for w in ("torchslim", group, name or fn.__name__) if w)
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                if writes is None:
+                    return fn(*args, **kwargs)
+                option = "--out" if writes == "out" else writes.upper()   # or an argument
+                with _io.output_dir(kwargs[writes], command=label, option=option):
+                    return fn(*args, **kwargs)
             except TorchslimError as e:
-                if state["debug"]:
+                _fail(e)
+            except OSError as e:   # the disk, not the program: full, read-only, permissions
+                if e.filename is None:
                     raise
-                err_console.print(f"[bold red]error:[/] {one_line(e)}", highlight=False,
-                                  soft_wrap=True)
-                raise typer.Exit(2) from None
+                _fail(e, f"{e.strerror or e}: {e.filename}; check the path, its permissions "
+                         "and the free space")
             except KeyboardInterrupt:
                 err_console.print("interrupted")
                 raise typer.Exit(130) from None
@@ -55,7 +102,20 @@ def command(name: str | None = None, *, on: typer.Typer | None = None) -> Callab
     return decorator
 
 
-def one_line(e: BaseException) -> str:
+def _fail(e: BaseException, message: str | None = None) -> None:
+    if state["debug"]:
+        raise e
+    print_error(message or e)
+    raise typer.Exit(2) from None
+
+
+def print_error(message: BaseException | str) -> None:
+    """``error: <message>`` as one unwrapped line on stderr (the message is not markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False,
+                      soft_wrap=True)
+
+
+def one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
 
 

@@ -12,7 +12,7 @@ from torchslim._commands._app import BatchSizes, Threads, command, out_console, 
 from torchslim._commands._options import with_options
 from torchslim.pipeline.distill import DISTILL
 
-@command("distill")
+@command("distill", writes="out")
 @with_options(DISTILL)
 def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (.safetensors).")],
                 *, options: dict[str, Any], threads: Threads = 2,

@@ -22,12 +22,12 @@ llm_app = typer.Typer(no_args_is_help=True, help="Quantize causal language model
 app.add_typer(llm_app, name="llm")
 
 
-def llm_command(name: str | None = None) -> Callable[[F], F]:
-    return command(name, on=llm_app)
+def llm_command(name: str | None = None, *, writes: str | None = None) -> Callable[[F], F]:
+    return command(name, on=llm_app, group="llm", writes=writes)
 
 
 ModelPath = Annotated[str, typer.Argument(help="Local model directory or .gguf file (no hub names).")]
-Threads = Annotated[int, typer.Option(help="CPU threads for torch.")]
+Threads = Annotated[int, typer.Option(min=1, help="CPU threads for torch.")]
 
 
 def _read_texts(paths: list[Path]) -> list[str]:
@@ -69,7 +69,7 @@ LLM_QUANTIZE = OptionTable("llm quantize", (
 ), build=_llm_config)
 
 
-@llm_command("quantize")
+@llm_command("quantize", writes="out")
 @with_options(LLM_QUANTIZE)
 def quantize_cmd(model: ModelPath,
                  out: Annotated[Path, typer.Option(help="Directory for the quantized model.")],

@@ -14,7 +14,7 @@ from torchslim._commands._options import with_options
 from torchslim.pipeline.prune import PRUNE
 
 
-@command()
+@command(writes="out")
 @with_options(PRUNE)
 def prune(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to prune.")],
           options: dict[str, Any],

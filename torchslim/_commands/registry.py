@@ -134,7 +134,7 @@ def alias(ref: Annotated[str, typer.Argument(help="NAME@VERSION to point at (NAM
     _say(f"{info.name}@{name} -> {info.version}")
 
 
-@command("pull", on=registry_app)
+@command("pull", on=registry_app, group="registry", writes="dest")
 def pull(ref: RefArg, dest: Annotated[Path, typer.Argument(help="Directory to write the files and manifest into.")],
          registry: Root = None) -> None:
     """Write a version's files (verified against their digests) into a directory."""

@@ -20,7 +20,12 @@ def run_cmd(recipe: RecipeArg,
             overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an output that holds a run.")] = False,
             output: Output = None) -> None:
     """Run a recipe: stages in order under the accuracy budget, then ship and report.
-    Exit code 0 when the budget is met, 1 when it is not, 2 on errors."""
+    Exit code 0 when the budget is met, 1 when it is not, 2 on errors.
+
+    A recipe is code: its model, teacher and data may name entry points
+    (package.module:function) that are imported and run with your permissions
+    when the run starts, after the whole file is validated. Run only recipes
+    you trust. Nothing a recipe names is written outside its output directory."""
     from torchslim.pipeline.runner import run_recipe
 
     result = run_recipe(recipe, resume=resume, overwrite=overwrite, output=output)
@@ -35,7 +40,11 @@ def search_cmd(recipe: RecipeArg,
                fresh: Annotated[bool, typer.Option("--fresh", help="Discard trials of an earlier search in the same output.")] = False,
                output: Output = None) -> None:
     """Explore pruning ratio, per-layer precision and PTQ vs QAT within a time budget;
-    keeps the best artifact so far in OUTPUT/best.onnx and plots the Pareto front."""
+    keeps the best artifact so far in OUTPUT/best.onnx and plots the Pareto front.
+
+    A recipe is code: its entry points (package.module:function) are imported
+    and run with your permissions when the search starts. Run only recipes you
+    trust."""
     from rich.table import Table
 
     from torchslim.pipeline.search import parse_duration, search_recipe

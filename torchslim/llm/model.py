@@ -58,6 +58,7 @@ def _resolve(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
         if p.suffix != ".gguf":
             raise CheckpointError(f"{p} is a file but not a .gguf; pass a .gguf file or a "
                                   "model directory (config.json + weights)")
+        _check_gguf(p)
         return p.parent, p.name
     if (p / "config.json").is_file():
         return p, None
@@ -67,6 +68,19 @@ def _resolve(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     found = ", ".join(g.name for g in ggufs) or "no config.json and no .gguf"
     raise CheckpointError(f"{p} is not a model directory ({found}); pass a directory with "
                           "config.json and weights, or one .gguf file")
+
+
+def _check_gguf(path: Path) -> None:
+    """A ``.gguf`` that does not start with the format's magic bytes is refused before
+    transformers (and its tokenizer converter) reads it."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}; check the file") from None
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with the bytes "
+                              "'GGUF'); pass a real .gguf file or a model directory")
 
 
 def load_causal_lm(path: str | os.PathLike[str], *, with_tokenizer: bool = True
@@ -79,16 +93,20 @@ def load_causal_lm(path: str | os.PathLike[str], *, with_tokenizer: bool = True
     if gguf is not None:
         kwargs["gguf_file"] = gguf
     with _quiet_transformers(tf):
-        tokenizer = (tf.AutoTokenizer.from_pretrained(directory, **kwargs)
-                     if with_tokenizer else None)
-        if gguf is None and (directory / QUANT_MANIFEST).is_file():
-            return _load_quantized(directory, tf), tokenizer
-        try:
+        try:   # a damaged file fails in the tokenizer as often as in the model
+            tokenizer = (tf.AutoTokenizer.from_pretrained(directory, **kwargs)
+                         if with_tokenizer else None)
+            if gguf is None and (directory / QUANT_MANIFEST).is_file():
+                return _load_quantized(directory, tf), tokenizer
             model = tf.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                             **kwargs)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot load a causal LM from {path}: "
-                                  f"{str(e).splitlines()[0]}") from e
+        except CheckpointError:
+            raise
+        except Exception as e:  # transformers parsing a user's files raises many kinds
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"cannot load a causal LM from {path}: {first}; pass a "
+                                  "local model directory (config.json, weights, tokenizer) "
+                                  "or an intact .gguf file") from e
     return model.eval(), tokenizer
 
 

@@ -9,6 +9,12 @@ the field and (where there is a closed set) the allowed values::
 ``model`` and ``teacher`` are a zoo name, a ``package.module:function`` entry point or a
 checkpoint path; ``data`` is a dataset name or an entry point returning loaders.
 
+A recipe is code: an entry point is imported and called, with the user's permissions,
+when the run starts (``torchslim.pipeline.setup``). Validation never imports anything: it
+checks the schema and the entry points' spelling only, so ``load_recipe`` is safe on a
+file of unknown origin. Every name a recipe gives (its own, a stage's, the exported
+artifact's) is a plain name: nothing it says can place a file outside its output.
+
 A stage's options are not defined here: each stage schema is made from its command's
 option table (``PRUNE``, ``QUANTIZE``, ``DISTILL``, ``FINETUNE``), whose rows point at the
 config fields (``ChannelPruneConfig.target_macs``, ...) that define and validate them.
@@ -17,19 +23,21 @@ config fields (``ChannelPruneConfig.target_macs``, ...) that define and validate
 from __future__ import annotations
 
 import difflib
-import importlib
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
-                      create_model, field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from torchslim._registry import Registry
 from torchslim.errors import ConfigError
 from torchslim.pipeline import recipe_errors as errs
+from torchslim.pipeline.entry_points import entry_point_syntax, plain_name, resolve_entry_point
 from torchslim.pipeline.distill import DISTILL
 from torchslim.pipeline.options import OptionTable
 from torchslim.pipeline.prune import PRUNE
@@ -38,31 +46,14 @@ from torchslim.pipeline.training import FINETUNE, PRETRAIN
 
 __all__ = ["Recipe", "Budget", "Target", "StageOptions", "DistillOptions", "PruneOptions",
            "QuantizeOptions", "FinetuneOptions", "ExportOptions", "STAGE_SCHEMAS",
-           "load_recipe", "parse_recipe", "resolve_entry_point", "builtin_recipe",
-           "builtin_recipes"]
+           "load_recipe", "parse_recipe", "resolve_entry_point", "entry_point_syntax",
+           "plain_name", "builtin_recipe", "builtin_recipes"]
 
 Loc = errs.Loc
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def resolve_entry_point(text: str) -> Callable[..., Any]:
-    """``package.module:function`` -> the function, or a ConfigError saying what is missing."""
-    module_name, _, attr = text.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"entry point {text!r} must look like package.module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"entry point {text!r}: cannot import {module_name!r} ({e}); "
-                          "install the package or fix the name") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"entry point {text!r}: module {module_name!r} has no function "
-                          f"{attr!r}")
-    return fn
 
 
 def _looks_like_path(text: str) -> bool:
@@ -73,7 +64,7 @@ def _check_model_ref(text: str) -> str:
     from torchslim.zoo import list_models
 
     if ":" in text and not _looks_like_path(text) and text not in list_models():
-        _entry_or_value_error(text)
+        entry_point_syntax(text)   # imported when the run starts, not here
     elif _looks_like_path(text):
         if not Path(text).expanduser().exists():
             raise ValueError(f"checkpoint {text!r} does not exist; train one with "
@@ -82,13 +73,6 @@ def _check_model_ref(text: str) -> str:
         raise ValueError(f"{text!r} is not a zoo model, a package.module:function entry "
                          f"point or a checkpoint path; zoo models: {', '.join(list_models())}")
     return text
-
-
-def _entry_or_value_error(text: str) -> None:
-    try:
-        resolve_entry_point(text)
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
 
 
 class Budget(_Strict):
@@ -182,6 +166,11 @@ class StageOptions(_Planned):
                                                         # allowed after it (<= the budget's)
     fallbacks: tuple[dict[str, Any], ...] = ()
 
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        return None if value is None else plain_name(value, "stage name")
+
     @classmethod
     def field_names(cls) -> list[str]:
         return sorted(cls.model_fields)
@@ -214,7 +203,18 @@ class ExportOptions(StageOptions):
     """Write the shipped artifact (the last accepted stage's) into the output directory."""
 
     kind: Literal["export"] = "export"
-    artifact: str = "model.onnx"
+    artifact: str = "model.onnx"    # a path relative to the output, made of plain names
+
+    @field_validator("artifact")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = value.split("/")
+        for part in parts:
+            plain_name(part, f"artifact {value!r}: part")
+        if not value.endswith(".onnx"):
+            raise ValueError(f"artifact {value!r} must end in .onnx (the target runtimes read "
+                             "ONNX)")
+        return value
 
 
 STAGE_SCHEMAS: Registry[type[StageOptions]] = Registry("stage")
@@ -250,6 +250,13 @@ class Recipe(_Strict):
     budget: Budget = Budget()
     target: Target = Target()
     output: str | None = None           # default runs/<name>
+    # where it was read from: (file name, {location: line}), for errors at run time
+    _origin: tuple[str, dict[Any, int]] = PrivateAttr(default=("<recipe>", {}))
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return plain_name(value, "recipe name")
 
     @field_validator("model", "teacher")
     @classmethod
@@ -262,7 +269,7 @@ class Recipe(_Strict):
         from torchslim.data import dataset_names
 
         if ":" in value:
-            _entry_or_value_error(value)
+            entry_point_syntax(value)   # imported when the run starts, not here
         elif value not in dataset_names():
             raise ValueError(f"unknown dataset {value!r}; allowed: {', '.join(dataset_names())} "
                              "or a package.module:function entry point returning loaders")
@@ -279,9 +286,29 @@ class Recipe(_Strict):
                 raise _stage_kind_error(i, kind)
         return value
 
+    @field_validator("data_args")
+    @classmethod
+    def _data_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A dataset's ``data_args`` are ``load_data``'s options (an entry point's are its own)."""
+        data = info.data.get("data")
+        if isinstance(data, str) and ":" not in data:
+            from torchslim.data import load_data
+
+            allowed = set(inspect.signature(load_data).parameters) - {"name"}
+            unknown = sorted(set(value) - allowed)
+            if unknown:
+                raise ValueError(f"unknown option(s) {unknown} for {data!r}; allowed: "
+                                 f"{', '.join(sorted(allowed))}")
+        return value
+
     @property
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.name
+
+    def where(self, *loc: str | int) -> str:
+        """``file:line: field`` of a key of the recipe, for errors found when it runs."""
+        source, lines = self._origin
+        return f"{source}:{errs.line_of(lines, loc)}: {errs.field_name(loc)}"
 
 
 def _stage_kind_error(index: int, kind: Any) -> errs.StageKindError:
@@ -342,7 +369,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>",
     """Validate YAML ``text``; ``overrides`` are top-level keys replacing the file's."""
     try:
         raw = yaml.safe_load(text)
-        lines = errs.line_map(text)
+        lines = errs.line_map(text, source)   # a repeated key is a ConfigError here
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -360,6 +387,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>",
     except ValidationError as e:
         raise _first_error(e, source, lines, raw) from None
     _check_stages(recipe, source, lines)
+    recipe._origin = (source, lines)
     return recipe
 
 

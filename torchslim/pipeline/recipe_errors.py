@@ -29,14 +29,20 @@ class StageKindError(ValueError):
         super().__init__(message)
 
 
-def line_map(text: str) -> dict[Loc, int]:
-    """Every mapping key / sequence item of the YAML document -> its 1-based line."""
+def line_map(text: str, source: str = "<recipe>") -> dict[Loc, int]:
+    """Every mapping key / sequence item of the YAML document -> its 1-based line. A key
+    that a mapping repeats (YAML loaders keep the last one silently) is a ConfigError."""
     lines: dict[Loc, int] = {}
 
     def walk(node: yaml.Node, loc: Loc) -> None:
         lines[loc] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, child in node.value:
+                if (*loc, key.value) in lines and key.tag != "tag:yaml.org,2002:merge":
+                    raise ConfigError(
+                        f"{source}:{key.start_mark.line + 1}: {field_name((*loc, key.value))}: "
+                        f"duplicate key (first at line {lines[(*loc, key.value)]}); keep one "
+                        "of them")
                 lines[(*loc, key.value)] = key.start_mark.line + 1
                 walk_child(child, (*loc, key.value))
         elif isinstance(node, yaml.SequenceNode):

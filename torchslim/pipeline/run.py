@@ -53,15 +53,20 @@ class Run:
     def allowed_drop(self) -> float:
         return self.recipe.budget.allowed_drop(self.baseline_top1)
 
+    def path(self, *parts: str | Path) -> Path:
+        """``out / parts``, refused if it would resolve outside the output (an absolute
+        part, ``..``, a symlink out of it): every path a run writes or reads comes here."""
+        return _io.inside(self.out, *parts)
+
     def rel(self, path: Path) -> str:
         return str(Path(path).relative_to(self.out))
 
     def write_log(self, **extra: Any) -> None:
-        _io.write_json(self.out / "pipeline.json", {
+        _io.write_json(self.path("pipeline.json"), {
             "recipe": self.recipe.name, "baseline_val_top1": self.baseline_top1,
             "allowed_drop": self.allowed_drop, "stages": self.stages,
             "attempts": self.attempts, **extra})
 
     def baseline_model(self) -> nn.Module:
         """The starting model, read back from ``stages/00-baseline``."""
-        return setup.load_float(self.out / "stages" / "00-baseline" / CHECKPOINT, self.builder)
+        return setup.load_float(self.path("stages", "00-baseline", CHECKPOINT), self.builder)

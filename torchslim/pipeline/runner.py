@@ -58,32 +58,46 @@ def run_recipe(recipe: Recipe | str | Path, *, resume: bool = False, overwrite: 
     if output is not None:
         recipe = recipe.model_copy(update={"output": str(output)})
     out = recipe.output_dir
-    prepare_output(out, recipe, resume=resume, overwrite=overwrite)
-    torch.set_num_threads(recipe.target.threads)
-    run, state = start(recipe, out, resume=resume, cache=cache)
-    for i, stage in enumerate(recipe.stages):
-        state, status = run_stage_guarded(run, i, stage, state)
-        if status == "stopped":
-            break
-    return finish(run, state)
+    with _io.output_dir(out, command="torchslim run", option="output"):
+        clear = check_output(out, recipe, resume=resume, overwrite=overwrite)
+        torch.set_num_threads(recipe.target.threads)
+        run, state = start(recipe, out, resume=resume, cache=cache, clear=clear)
+        for i, stage in enumerate(recipe.stages):
+            state, status = run_stage_guarded(run, i, stage, state)
+            if status == "stopped":
+                break
+        return finish(run, state)
 
 
-def prepare_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
-    saved = out / "recipe.json"
+def check_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> bool:
+    """Refuse a run already in ``out`` unless resumed (with the same recipe) or
+    ``overwrite``; returns whether the old run must be cleared. Writes nothing: the
+    run's inputs are loaded (the recipe's code runs) before anything is written."""
+    saved = _io.inside(out, "recipe.json")
     if saved.is_file() and not resume:
         if not overwrite:
             raise ConfigError(f"output {out} already holds a run ({saved}); pass --resume to "
                               "continue it, --overwrite to start again, or another output")
-        shutil.rmtree(out / "stages", ignore_errors=True)
-        (out / "pipeline.json").unlink(missing_ok=True)
-    elif saved.is_file():
+        return True
+    if saved.is_file():
         old = _io_read(saved).get("fingerprint")
         if old != fingerprint(recipe):
             raise ConfigError(f"the recipe changed since the run in {out} started "
                               f"(fingerprint {old} -> {fingerprint(recipe)}); resume it with "
                               "the same recipe or pass --overwrite to start again")
-    _io.write_json(saved, {"fingerprint": fingerprint(recipe),
-                           "recipe": recipe.model_dump(mode="json")})
+    return False
+
+
+def record_output(out: Path, recipe: Recipe, *, clear: bool) -> None:
+    """Clear the old run (``clear``) and record the recipe; the caller holds the lock."""
+    if clear:
+        stages = _io.inside(out, "stages")
+        if stages.is_symlink():
+            raise ConfigError(f"{stages} is a symlink; torchslim will not delete through it")
+        shutil.rmtree(stages, ignore_errors=True)
+        _io.inside(out, "pipeline.json").unlink(missing_ok=True)
+    _io.write_json(_io.inside(out, "recipe.json"), {"fingerprint": fingerprint(recipe),
+                                                     "recipe": recipe.model_dump(mode="json")})
 
 
 def _io_read(path: Path) -> dict[str, Any]:
@@ -94,18 +108,21 @@ def _io_read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def start(recipe: Recipe, out: Path, *, resume: bool,
-          cache: Path | None = None) -> tuple[Run, State]:
-    """Load data and models, save (or reload) the starting point, measure the baseline."""
+def start(recipe: Recipe, out: Path, *, resume: bool, cache: Path | None = None,
+          clear: bool = False) -> tuple[Run, State]:
+    """Load data and models (the recipe's entry points run here), record the run in
+    ``out`` (``record_output``), save (or reload) the starting point, measure it."""
     torch.manual_seed(recipe.seed)
     data = setup.load_data_for(recipe)
     model, builder, info = setup.load_model_for(recipe, recipe.model, data,
                                                 args=recipe.model_args, cache=cache)
     teacher = model if recipe.teacher is None else \
-        setup.load_model_for(recipe, recipe.teacher, data, args={}, cache=cache)[0]
+        setup.load_model_for(recipe, recipe.teacher, data, args={}, cache=cache,
+                             key="teacher")[0]
     ctx = StageContext(data=data, teacher=teacher.eval(), target=recipe.target, seed=recipe.seed)
     run = Run(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
-    bdir = out / "stages" / "00-baseline"
+    record_output(out, recipe, clear=clear)
+    bdir = run.path("stages", "00-baseline")
     if resume and (bdir / CHECKPOINT).is_file():
         model = setup.load_float(bdir / CHECKPOINT, builder)
     else:
@@ -146,7 +163,7 @@ def run_stage_guarded(run: Run, i: int, stage: StageOptions, state: State, *,
     """Run (or read back) one stage into ``stages/<dirname or its name>``; returns the
     state after it and its status ("done", "skipped" or "stopped")."""
     name = stage_name(i, stage)
-    sdir = run.out / "stages" / (dirname or name)
+    sdir = run.path("stages", dirname or name)
     done = _io_read(sdir / "stage.json")
     if done:
         run.attempts.extend(done["attempts"])
@@ -218,9 +235,9 @@ def _attempt(run: Run, i: int, k: int, stage: StageOptions, opts: StageOptions, 
 
 def _restore(run: Run, record: dict[str, Any], previous: State) -> State:
     """The accepted attempt's state, read back from its files."""
-    ckpt = run.out / record["checkpoint"]
+    ckpt = run.path(record["checkpoint"])
     model = setup.load_float(ckpt, run.builder)
-    return State(model=model, artifact=run.out / record["artifact"],
+    return State(model=model, artifact=run.path(record["artifact"]),
                  precision=record["precision"], checkpoint=ckpt,
                  record={"metrics": record["metrics"], **record["record"]})
 

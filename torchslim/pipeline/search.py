@@ -27,7 +27,7 @@ from torchslim import _io
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
 from torchslim.pipeline.run import Run, RunResult
-from torchslim.pipeline.runner import prepare_output, run_stage_guarded, start
+from torchslim.pipeline.runner import check_output, run_stage_guarded, start
 from torchslim.pipeline.summary import finish, png_uri, render_pipeline
 
 __all__ = ["search_recipe", "parse_duration", "SearchResult", "trial_space"]
@@ -101,12 +101,17 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
         recipe = load_recipe(recipe)
     out = Path(output) if output is not None else recipe.output_dir / "search"
     recipe = recipe.model_copy(update={"output": str(out)})
+    with _io.output_dir(out, command="torchslim search", option="output"):
+        return _search(recipe, out, time_budget_s=time_budget_s, resume=resume)
+
+
+def _search(recipe: Recipe, out: Path, *, time_budget_s: float, resume: bool) -> SearchResult:
+    clear = check_output(out, recipe, resume=resume, overwrite=True)
+    t0 = time.monotonic()
+    run, base_state = start(recipe, out, resume=True, clear=clear)
     if not resume:   # a fresh search: the previous best must not outlive its trials
         for stale in ("best.onnx", "search.json"):
-            (out / stale).unlink(missing_ok=True)
-    prepare_output(out, recipe, resume=resume, overwrite=True)
-    t0 = time.monotonic()
-    run, base_state = start(recipe, out, resume=True)
+            run.path(stale).unlink(missing_ok=True)
     run.guard = False
     baseline_entry = run.stages[:1]
     trials: list[dict[str, Any]] = []
@@ -125,10 +130,10 @@ def search_recipe(recipe: Recipe | str | Path, *, time_budget_s: float,
         states[n] = (state, list(run.stages), list(run.attempts))
         if _better(trial, best):
             best = trial
-            _io.write_bytes(out / "best.onnx", Path(state.artifact).read_bytes())
-        _io.write_json(out / "search.json", {"recipe": recipe.name, "trials": trials,
-                                             "best": best, "allowed_drop": run.allowed_drop,
-                                             "baseline_val_top1": run.baseline_top1})
+            _io.write_bytes(run.path("best.onnx"), Path(state.artifact).read_bytes())
+        _io.write_json(run.path("search.json"), {
+            "recipe": recipe.name, "trials": trials, "best": best,
+            "allowed_drop": run.allowed_drop, "baseline_val_top1": run.baseline_top1})
         logger.info("trial %d %s: val top-1 %.4f, p50 %s ms%s", n, trial["overrides"],
                     trial["val_top1"], trial["p50_ms"], " (best so far)" if best is trial else "")
     assert best is not None

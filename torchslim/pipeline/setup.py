@@ -1,9 +1,12 @@
 """A recipe's inputs: its data (a dataset name or an entry point) and its models (a zoo
-name, a ``package.module:function`` entry point or a checkpoint)."""
+name, a ``package.module:function`` entry point or a checkpoint).
+
+This is where a recipe's code runs: entry points are imported and called here, when the
+run starts, never while the recipe is validated. Their errors, and a dataset's refusal of
+a ``data_args`` value, name the recipe's file, line and field."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from torchslim.data import DataBundle, DatasetInfo, dataset_names, load_data
-from torchslim.errors import ConfigError
-from torchslim.pipeline.recipe import Recipe, resolve_entry_point
+from torchslim.errors import ConfigError, TorchslimError
+from torchslim.pipeline.entry_points import call, resolve_entry_point
+from torchslim.pipeline.recipe import Recipe
 from torchslim.train import load_checkpoint, read_checkpoint
 from torchslim.train.checkpoint import load_state_, rebuild_
 
@@ -29,15 +33,19 @@ Builder = Callable[[], nn.Module] | None
 def load_data_for(recipe: Recipe) -> DataBundle:
     """``data: fashion-mnist`` (``data_args`` go to ``load_data``) or an entry point called
     with ``data_args`` that returns a DataBundle, (train, val, test) or a dict of them."""
-    if recipe.data in dataset_names():
-        allowed = set(inspect.signature(load_data).parameters) - {"name"}
-        unknown = sorted(set(recipe.data_args) - allowed)
-        if unknown:
-            raise ConfigError(f"data_args: unknown option(s) {unknown} for {recipe.data!r}; "
-                              f"allowed: {', '.join(sorted(allowed))}")
-        return load_data(recipe.data, **{"seed": recipe.seed, **recipe.data_args})
-    loaded = resolve_entry_point(recipe.data)(**recipe.data_args)
-    return as_bundle(loaded, name=recipe.data, seed=recipe.seed)
+    if recipe.data in dataset_names():   # the schema checked the option names
+        try:
+            return load_data(recipe.data, **{"seed": recipe.seed, **recipe.data_args})
+        except ConfigError as e:
+            where = recipe.where("data_args") if recipe.data_args else recipe.where("data")
+            raise ConfigError(f"{where}: {e}") from None
+    where = recipe.where("data")
+    fn = resolve_entry_point(recipe.data, where=where)
+    loaded = call(fn, recipe.data, where=where, **recipe.data_args)
+    try:
+        return as_bundle(loaded, name=recipe.data, seed=recipe.seed)
+    except TorchslimError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def as_bundle(loaded: Any, *, name: str, seed: int) -> DataBundle:
@@ -60,7 +68,8 @@ def as_bundle(loaded: Any, *, name: str, seed: int) -> DataBundle:
 
 
 def load_model_for(recipe: Recipe, ref: str, data: DataBundle, *, args: dict[str, Any],
-                   cache: Path | None = None) -> tuple[nn.Module, Builder, dict[str, Any]]:
+                   cache: Path | None = None, key: str = "model"
+                   ) -> tuple[nn.Module, Builder, dict[str, Any]]:
     """(model, builder, info): builder rebuilds the architecture for checkpoints that carry
     no zoo name (a user's entry point), None when the checkpoint can rebuild itself; info
     says where the model came from (and whether a pretrained one came from the cache)."""
@@ -76,12 +85,17 @@ def load_model_for(recipe: Recipe, ref: str, data: DataBundle, *, args: dict[str
         return model, None, {"zoo": ref, "pretrained": True, "cached": cached}
     if ref.endswith((".safetensors", ".json")) or Path(ref).exists():
         return load_checkpoint(ref)[0], None, {"checkpoint": ref}
-    fn = resolve_entry_point(ref)
-    model = fn(**args)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model entry point {ref!r} returned {type(model).__name__}, "
-                          "not a torch.nn.Module")
-    return model.eval(), lambda: fn(**args), {"entry_point": ref}
+    where = recipe.where(key)
+    fn = resolve_entry_point(ref, where=where)
+
+    def build() -> nn.Module:
+        model = call(fn, ref, where=where, **args)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{where}: entry point {ref!r} returned "
+                              f"{type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return build().eval(), build, {"entry_point": ref}
 
 
 def _pretrained(recipe: Recipe, ref: str, data: DataBundle, args: dict[str, Any],

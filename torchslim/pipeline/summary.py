@@ -38,7 +38,7 @@ def finish(run: Run, state: State) -> RunResult:
     recipe, out, data = run.recipe, run.out, run.ctx.data
     target = recipe.target
     export = next((s for s in recipe.stages if s.kind == "export"), None)
-    shipped = _io.write_bytes(out / (export.artifact if export else "model.onnx"),
+    shipped = _io.write_bytes(run.path(export.artifact if export else "model.onnx"),
                               Path(state.artifact).read_bytes())
     common: dict[str, Any] = {"batch_sizes": target.batch_sizes, "repeats": target.repeats,
                               "class_names": list(data.info.class_names)}
@@ -65,7 +65,7 @@ def finish(run: Run, state: State) -> RunResult:
     paths = write_report(out, baseline=base, candidates=[*stages, final],
                          dataset={"name": data.info.name, "split": "test", "n": base.n},
                          title=f"torchslim run: {recipe.name}", extra={"pipeline": block})
-    paths["pipeline"] = _io.write_text(out / "pipeline.html", render_pipeline(block))
+    paths["pipeline"] = _io.write_text(run.path("pipeline.html"), render_pipeline(block))
     logger.info("verdict: %s; artifact %s", verdict, shipped)
     return RunResult(out=out, verdict=verdict, artifact=shipped, pipeline=block,
                      results=[base, *stages, final], report=paths)
@@ -85,10 +85,10 @@ def _stage_results(run: Run, final: State, base: EvalResult,
         if entry["status"] != "done":
             continue
         rec = entry["attempts"][entry["accepted"]]
-        artifact = run.out / rec["artifact"]
+        artifact = run.path(rec["artifact"])
         if artifact == Path(final.artifact):
             continue
-        model = setup.load_float(run.out / rec["checkpoint"], run.builder)
+        model = setup.load_float(run.path(rec["checkpoint"]), run.builder)
         results.append(evaluate(_session(run, artifact, rec["precision"]), run.ctx.data.test,
                                 name=f"{entry['stage']}-{rec['precision']}-"
                                      f"{run.recipe.target.runtime}",

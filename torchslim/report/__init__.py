@@ -15,10 +15,10 @@ from typing import Any
 from torchslim import _io
 from torchslim.evaluation.result import EvalResult
 from torchslim.report.html import render_html
-from torchslim.report.json_report import build_report, load_report
+from torchslim.report.json_report import build_report, load_report, load_results
 from torchslim.report.table import print_table
 
-__all__ = ["write_report", "load_report", "print_table", "render_html", "build_report"]
+__all__ = ["write_report", "load_report", "load_results", "print_table", "render_html", "build_report"]
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,8 @@ class OnnxRuntimeSession:
         self.artifact = Path(path)
         if not self.artifact.is_file():
             raise ArtifactError(f"ONNX file not found: {self.artifact}; "
-                                "check the path (torchslim.export writes one)")
+                                "check the path (torchslim.export() in Python, or `torchslim "
+                                "quantize` / `prune` / `run`, write one)")
         self.threads = threads or min(os.cpu_count() or 1, 4)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -57,8 +58,9 @@ class OnnxRuntimeSession:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ArtifactError(f"ONNX Runtime cannot load {self.artifact}: {first}; "
-                                "it is not a valid ONNX model: export the model again "
-                                "with torchslim.export") from e
+                                "it is not a valid ONNX model: write it again with "
+                                "torchslim.export() in Python, or with `torchslim quantize` "
+                                "/ `prune` / `run`, which export ONNX") from e
         self._inputs = _specs(self._session.get_inputs())
         self._outputs = _specs(self._session.get_outputs())
         self.precision = precision or _guess_precision(self.artifact)
