@@ -125,8 +125,11 @@ def test_onnx_runtime_agrees_with_fake_quant_model(bits: int, act_bits: int,
     ref, out = torch_logits(model, digits), run_ort(path, digits)
     assert out.shape == ref.shape == (len(digits), 10)
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
-    # A few output steps at most: ORT rounds once per integer kernel, torch in float.
-    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+    # A few output steps at most: ORT rounds once per integer kernel (and its conv biases
+    # to the int32 grid input_scale * weight_scale), torch in float. A 4-bit activation
+    # step is 17x an 8-bit one, so each flipped rounding weighs as much more.
+    steps = 0.05 if act_bits == 8 else 0.25
+    assert np.abs(out - ref).max() <= steps * np.abs(ref).max()
 
 
 def test_onnx_runtime_runs_integer_kernels(digits: torch.Tensor, tmp_path: Path) -> None:
@@ -157,6 +160,8 @@ def test_weights_are_integer_initializers(bits: int, zero_bias: bool, digits: to
         q, scale = inits[dq.input[0]], inits[dq.input[1]]
         assert q.dtype == np.int8 and np.abs(q).max() <= 2 ** (bits - 1) - 1
         assert scale.shape == (q.shape[0],)  # per output channel, axis 0
+        if zero_bias and layer.op_type == "Conv" and len(layer.input) < 3:
+            continue  # the dynamo exporter drops an all-zero bias
         bias_dq = producers[layer.input[2]]
         assert bias_dq.op_type == "DequantizeLinear" and inits[bias_dq.input[0]].dtype == np.int32
     assert not any(v.dtype == np.float32 and v.size > 64 for v in inits.values())
@@ -191,7 +196,8 @@ def test_linear_on_sequences_uses_matmul_weights(tmp_path: Path) -> None:
     calibrate(model, x)
     path = export_qdq(model, tmp_path / "seq.onnx", input_shape=(5, 16))
     graph = onnx.load(str(path)).graph
-    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and inits[n.input[1]].ndim
           and any(a.name == "axis" and a.i == 1 for a in n.attribute)]
     assert len(dq) == 1  # the weight's output channels are axis 1 of [in, out]
     assert np.abs(run_ort(path, x) - torch_logits(model, x)).max() < 1e-4

@@ -268,3 +268,163 @@ def _requantize_passthrough_(graph: onnx.GraphProto) -> None:
         index.consumers[dq_out] = users
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+# --- clean-up shared by every writer --------------------------------------------------
+
+
+def clean_up_(model: onnx.ModelProto) -> None:
+    """Constants as initializers, zero Pads folded into the Conv after them, a ReduceMean
+    over every spatial axis as GlobalAveragePool (which ONNX Runtime runs on integers), and
+    no per-node exporter metadata (stack traces: half of a small model's file)."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    constants_to_initializers_(model.graph)
+    fold_pads_(model.graph)
+    reduce_mean_to_global_pool_(model)
+
+
+def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
+    keep = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+    node.attribute.append(onnx.helper.make_attribute(name, values))
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == name:
+            return [int(v) for v in onnx.helper.get_attribute_value(attr)]
+    return None
+
+
+def _zero_pad_amounts(index: GraphIndex, node: onnx.NodeProto) -> list[int] | None:
+    """The pads of a constant-zero Pad that touches only the spatial axes, else None."""
+    mode = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"),
+                b"constant")
+    if mode not in (b"constant", "constant") or len(node.input) < 2:
+        return None
+    pads = index.constant(node.input[1])
+    value = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    has_axes = len(node.input) > 3 and bool(node.input[3])
+    if pads is None or has_axes or (value is not None and np.any(value != 0)):
+        return None
+    pads = [int(p) for p in pads.reshape(-1)]
+    rank = len(pads) // 2
+    if rank < 3 or min(pads) < 0 or any(pads[i] or pads[rank + i] for i in (0, 1)):
+        return None
+    return pads
+
+
+def fold_pads_(graph: onnx.GraphProto) -> int:
+    """``Pad(x, zeros on H / W) -> Conv`` becomes one Conv with the extra pads (what the
+    TorchScript exporter leaves of a "same"-padding conv); returns how many."""
+    index = GraphIndex(graph)
+    outputs = {v.name for v in graph.output}
+    dropped = []
+    for node in graph.node:
+        if node.op_type != "Pad" or node.output[0] in outputs:
+            continue
+        pads = _zero_pad_amounts(index, node)
+        users = index.consumers.get(node.output[0], [])
+        if pads is None or not users or any(
+                u.op_type != "Conv" or u.input[0] != node.output[0] or
+                attribute_str(u, "auto_pad", "NOTSET") != "NOTSET" for u in users):
+            continue
+        rank = len(pads) // 2
+        extra = pads[2:rank] + pads[rank + 2:]  # [h_begin, w_begin, h_end, w_end]
+        for conv in users:
+            current = _ints(conv, "pads") or [0] * len(extra)
+            _set_ints(conv, "pads", [a + b for a, b in zip(current, extra)])
+            conv.input[0] = node.input[0]
+        dropped.append(node)
+    for node in dropped:
+        graph.node.remove(node)
+    return len(dropped)
+
+
+def attribute_str(node: onnx.NodeProto, name: str, default: str) -> str:
+    for attr in node.attribute:
+        if attr.name == name:
+            value = onnx.helper.get_attribute_value(attr)
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return default
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor whose shape ONNX shape inference knows."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # shape inference gives up on some graphs: then nothing is known
+        return {}
+    ranks = {}
+    for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        if v.type.tensor_type.HasField("shape"):
+            ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    return ranks
+
+
+def reduce_mean_to_global_pool_(model: onnx.ModelProto) -> int:
+    """``ReduceMean(x, axes = every axis after the channels, keepdims=1)`` becomes
+    ``GlobalAveragePool(x)`` (the dynamo exporter writes adaptive_avg_pool2d(x, 1) as a
+    ReduceMean); returns how many."""
+    graph = model.graph
+    if not any(n.op_type == "ReduceMean" for n in graph.node):
+        return 0
+    index, ranks = GraphIndex(graph), _ranks(model)
+    count = 0
+    for i, node in enumerate(graph.node):
+        if node.op_type != "ReduceMean" or attribute(node, "keepdims", 1) != 1:
+            continue
+        rank = ranks.get(node.input[0])
+        axes = _ints(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            found = index.constant(node.input[1])
+            axes = [int(a) for a in found.reshape(-1)] if found is not None else None
+        if rank is None or rank < 3 or axes is None or \
+                sorted(a % rank for a in axes) != list(range(2, rank)):
+            continue
+        graph.node[i].CopyFrom(onnx.helper.make_node(
+            "GlobalAveragePool", [node.input[0]], list(node.output), name=node.name))
+        count += 1
+    if count:
+        remove_dead(graph)
+    return count
+
+
+def drop_requantize_pairs_(graph: onnx.GraphProto) -> int:
+    """A DequantizeLinear read by a QuantizeLinear with the same scale and zero point is a
+    round trip through float that changes nothing: the Q's readers take the DQ's integer
+    input instead. Returns how many Q nodes went."""
+    index = GraphIndex(graph)
+    outputs = {v.name for v in graph.output}
+    rename: dict[str, str] = {}
+    dropped = []
+    for dq in graph.node:
+        if dq.op_type != "DequantizeLinear":
+            continue
+        for q in index.consumers.get(dq.output[0], []):
+            if q.op_type == "QuantizeLinear" and q.output[0] not in outputs and \
+                    _same_qparams(index, dq, q):
+                rename[q.output[0]] = dq.input[0]
+                dropped.append(q)
+    for q in dropped:
+        graph.node.remove(q)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    remove_dead(graph)
+    return len(dropped)
+
+
+def _same_qparams(index: GraphIndex, dq: onnx.NodeProto, q: onnx.NodeProto) -> bool:
+    if attribute(dq, "axis", 1) != attribute(q, "axis", 1) or len(q.input) < 3 or len(dq.input) < 3:
+        return False
+    values = [index.constant(n) for n in (dq.input[1], q.input[1], dq.input[2], q.input[2])]
+    if any(v is None for v in values):
+        return False
+    s1, s2, z1, z2 = values
+    return s1.shape == s2.shape and np.array_equal(s1, s2) and z1.dtype == z2.dtype and \
+        np.array_equal(z1, z2)

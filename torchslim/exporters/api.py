@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from torchslim._record import record_of
+from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ConfigError
 from torchslim.exporters.dynamic import export_dynamic
 from torchslim.exporters.onnx import export_onnx
@@ -55,18 +57,26 @@ def writer_for(model: nn.Module) -> Writer:
     return writer
 
 
-def export(model: nn.Module, path: str | os.PathLike[str], *, input_shape: tuple[int, ...],
-           format: str = "onnx") -> Path:
+def export(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
+           input_shape: tuple[int, ...] | None = None, dynamic_dims: DynamicDims | None = None,
+           output_names: Sequence[str] | None = None, format: str = "onnx") -> Path:
     """Write ``model`` for a runtime: FP32 ONNX for a float model, INT8 QDQ ONNX for a static
     (PTQ or QAT) one, integer-MatMul ONNX for a dynamic one, int weights behind
     DequantizeLinear for a weight-only one. ``format="openvino"`` converts that ONNX file to
-    OpenVINO IR (``.xml`` + ``.bin``). ``input_shape`` excludes the batch axis."""
+    OpenVINO IR (``.xml`` + ``.bin``).
+
+    ``example_inputs``: a tensor, a tuple or a dict of the model's inputs (any dtypes);
+    ``input_shape`` (batch axis excluded) is the shorthand for one float input. Every
+    input's dim 0 is the dynamic "batch"; ``dynamic_dims`` names more, e.g.
+    ``{"input_ids": {0: "batch", 1: "sequence"}}``."""
     if format not in FORMATS:
         raise ConfigError(f"format={format!r}; choose one of {', '.join(FORMATS)}")
     writer = writer_for(model)
     target = Path(path)
+    kwargs = dict(example_inputs=example_inputs, input_shape=input_shape,
+                  dynamic_dims=dynamic_dims, output_names=output_names)
     if format == "onnx":
-        return writer(model, target.with_suffix(".onnx"), input_shape=input_shape)
+        return writer(model, target.with_suffix(".onnx"), **kwargs)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = writer(model, Path(tmp) / "model.onnx", input_shape=input_shape)
+        onnx_path = writer(model, Path(tmp) / "model.onnx", **kwargs)
         return export_openvino(onnx_path, target.with_suffix(".xml"))

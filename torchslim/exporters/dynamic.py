@@ -21,14 +21,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import (GraphIndex, attribute, constants_to_initializers_,
                                              digest, remove_dead)
@@ -44,10 +47,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["export_dynamic"]
 
 def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
-                   input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+                   example_inputs: Any = None, input_shape: tuple[int, ...] | None = None,
+                   dynamic_dims: DynamicDims | None = None,
+                   output_names: Sequence[str] | None = None, opset: int = OPSET,
+                   exporter: str = "torchscript") -> Path:
     """Write a :func:`torchslim.quant.quantize_dynamic` model as an ONNX file that ONNX
-    Runtime runs with integer MatMul kernels. ``input_shape`` excludes the (dynamic)
-    batch axis; ``model`` is left untouched."""
+    Runtime runs with integer MatMul kernels. Inputs as in ``export_onnx``
+    (``example_inputs``, or the ``input_shape`` shorthand; named dynamic dims);
+    ``model`` is left untouched. The TorchScript exporter is the default here: the LSTM
+    rewrite needs the ONNX ``LSTM`` nodes it writes."""
     check_quantized_as(model, DynamicQuantConfig, "export_dynamic")
     m = copy_model(model).eval().cpu()
     lstms = _bake_lstms_(m)
@@ -56,7 +64,8 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
     if not baked and not lstms:
         raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
                                     "run torchslim.quant.quantize_dynamic first")
-    proto = export_proto(m, input_shape, opset)
+    proto, _ = export_proto(m, example_inputs, input_shape=input_shape, dynamic_dims=dynamic_dims,
+                            output_names=output_names, opset=opset, exporter=exporter)
     found = _rewrite_integer_matmuls_(proto, baked) if baked else set()
     lstm_found = _rewrite_lstms_(proto, lstms) if lstms else set()
     lstm_missing = sorted({x.module for x in lstms} - lstm_found)

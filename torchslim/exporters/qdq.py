@@ -26,20 +26,31 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 from torch import Tensor, nn
 
+from torchslim._record import record_of
+from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.exporters._onnx_graph import rewrite_weights_
+from torchslim.exporters._onnx_graph import drop_requantize_pairs_, rewrite_weights_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
 from torchslim.exporters.weights import (bake_weights_, check_materialized, check_quantized_as,
                                          copy_model)
 from torchslim.quant.affine import QuantSpec
 from torchslim.quant.config import QuantConfig
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
+from torchslim.quant.reduce_range import resolve_reduce_range
+
+try:  # registers torch.ops.quantized_decomposed (PT2E's quantize / dequantize ops)
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+    _DECOMPOSED: Any = torch.ops.quantized_decomposed
+except (ImportError, AttributeError):  # without them the TorchScript exporter writes QDQ
+    _DECOMPOSED = None
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +59,22 @@ __all__ = ["export_qdq", "ort_fused_ops"]
 _QUANTIZERS = (FakeQuantize, LearnableFakeQuantize)
 
 
-def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *,
-               input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
+               input_shape: tuple[int, ...] | None = None,
+               dynamic_dims: DynamicDims | None = None,
+               output_names: Sequence[str] | None = None, opset: int = OPSET,
+               exporter: str = "auto") -> Path:
     """Write ``prepared`` (a calibrated, frozen fake-quant model) as an INT8 QDQ ONNX file.
 
-    ``input_shape`` excludes the batch axis, which is dynamic. ``prepared`` is left
-    untouched. Learned (LSQ) step sizes export as ordinary scales with zero point 0.
+    Inputs as in ``export_onnx``: ``example_inputs`` (a tensor, tuple or dict, any dtypes)
+    or the ``input_shape`` shorthand; dim 0 of every input is the dynamic "batch",
+    ``dynamic_dims`` names more. ``prepared`` is left untouched. Learned (LSQ) step sizes
+    export as ordinary scales with zero point 0.
     """
     if opset < 13:
         raise ConfigError(f"opset={opset} is too old for per-channel QDQ; use opset >= 13")
     check_quantized_as(prepared, QuantConfig, "export_qdq")
+    _note_full_range(prepared)
     model = copy_model(prepared).eval().cpu()
     baked = bake_weights_(model)
     _replace_activation_quantizers_(model)
@@ -65,17 +82,35 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *,
         raise UnsupportedModelError(
             f"{type(prepared).__name__} has no quantized Conv/Linear (no module with a "
             "weight_fake_quant); prepare it with torchslim.quant first")
-    proto = export_proto(model, input_shape, opset)
+    proto, used = export_proto(model, example_inputs, input_shape=input_shape,
+                               dynamic_dims=dynamic_dims, output_names=output_names, opset=opset,
+                               exporter=exporter, before=lambda name: _use_ops_of_(model, name))
     found, biases = rewrite_weights_(proto, baked)
+    pairs = drop_requantize_pairs_(proto.graph)
     missing = [b.module for b in baked if b.module not in found]
     if missing:
         logger.warning("weights of %s were not found as Conv/Gemm/MatMul initializers in "
                        "the exported graph; they stay float (fake-quantized values)",
                        ", ".join(missing))
     out = write_checked(proto, path)
-    logger.info("exported %s: %d int8 weights, %d int32 biases, %d bytes",
-                out, len(found), biases, out.stat().st_size)
+    logger.info("exported %s (%s exporter): %d int8 weights, %d int32 biases, %d requantize "
+                "pairs dropped, %d bytes", out, used, len(found), biases, pairs,
+                out.stat().st_size)
     return out
+
+
+def _note_full_range(prepared: nn.Module) -> None:
+    """Say so when 8-bit weights meet a CPU whose u8s8 kernels saturate."""
+    info = record_of(prepared).quantization
+    if info is None or info.reduce_range is not False:
+        return
+    reduce, _ = resolve_reduce_range("auto")
+    if reduce:
+        logger.warning("%s has full-range 8-bit weights, but ONNX Runtime's u8s8 kernels on "
+                       "this x86 CPU (no VNNI) saturate int16 pair sums: the artifact will "
+                       "differ from the fake-quant model here; quantize with "
+                       "QuantConfig(reduce_range='auto') for an exact artifact",
+                       type(prepared).__name__)
 
 
 def ort_fused_ops(path: str | os.PathLike[str], *, level: str = "all") -> Counter[str]:
@@ -101,12 +136,14 @@ def ort_fused_ops(path: str | os.PathLike[str], *, level: str = "all") -> Counte
 
 
 class _QDQ(nn.Module):
-    """Export form of an activation quantizer: traces to QuantizeLinear/DequantizeLinear.
+    """Export form of an activation quantizer: exports as QuantizeLinear/DequantizeLinear.
 
-    torch's ONNX symbolic only accepts the full 8-bit ranges, so a narrower grid (e.g.
-    4-bit activations) is clamped first; the int8 range [-127, 127] of symmetric
-    activations uses the full [-128, 127] range (one extra level, no Clip node that would
-    keep ONNX Runtime from fusing)."""
+    For the dynamo exporter it calls the ``quantized_decomposed`` quantize / dequantize
+    ops (which its op library writes as Q / DQ), for the TorchScript exporter
+    ``torch.fake_quantize_*`` (whose ONNX symbolic does). Both only write the full 8-bit
+    ranges, so a narrower grid (e.g. 4-bit activations) is clamped first; the int8 range
+    [-127, 127] of symmetric activations uses the full [-128, 127] range (one extra level,
+    no Clip node that would keep ONNX Runtime from fusing)."""
 
     def __init__(self, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> None:
         super().__init__()
@@ -116,18 +153,36 @@ class _QDQ(nn.Module):
         self.register_buffer("scale", scale.detach().float().reshape(shape))
         self.register_buffer("zero_point", zero_point.detach().to(torch.int32).reshape(shape))
         self.lo, self.hi = (0, 255) if not spec.signed else (-128, 127)
+        self.dtype = torch.int8 if spec.signed else torch.uint8
+        # python numbers: torch.export cannot read a tensor's value while tracing
+        self.scale_value = float(scale.reshape(-1)[0]) if not self.per_channel else 0.0
+        self.zero_point_value = int(zero_point.reshape(-1)[0]) if not self.per_channel else 0
         self.clamp = spec.bits < 8
+        self.exporter = "torchscript"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.clamp:
             lo = (self.spec.qmin - self.zero_point) * self.scale
             hi = (self.spec.qmax - self.zero_point) * self.scale
             x = torch.maximum(torch.minimum(x, self._bcast(hi, x)), self._bcast(lo, x))
+        if self.exporter == "dynamo" and _DECOMPOSED is not None:
+            return self._decomposed(x)
         if self.per_channel:
             return torch.fake_quantize_per_channel_affine(
                 x, self.scale, self.zero_point, self.spec.axis % x.dim(), self.lo, self.hi)
         return torch.fake_quantize_per_tensor_affine(
             x, float(self.scale), int(self.zero_point), self.lo, self.hi)
+
+    def _decomposed(self, x: Tensor) -> Tensor:
+        args = (self.lo, self.hi, self.dtype)
+        if self.per_channel:
+            axis = self.spec.axis % x.dim()
+            q = _DECOMPOSED.quantize_per_channel.default(x, self.scale, self.zero_point, axis, *args)
+            return _DECOMPOSED.dequantize_per_channel.default(q, self.scale, self.zero_point,
+                                                              axis, *args)
+        scale, zp = self.scale_value, self.zero_point_value
+        q = _DECOMPOSED.quantize_per_tensor.default(x, scale, zp, *args)
+        return _DECOMPOSED.dequantize_per_tensor.default(q, scale, zp, *args)
 
     def _bcast(self, v: Tensor, x: Tensor) -> Tensor:
         if not self.per_channel:
@@ -135,6 +190,13 @@ class _QDQ(nn.Module):
         shape = [1] * x.dim()
         shape[self.spec.axis % x.dim()] = -1
         return v.reshape(shape)
+
+
+def _use_ops_of_(model: nn.Module, exporter: str) -> None:
+    """Make every activation quantizer export through ``exporter``'s ops."""
+    for module in model.modules():
+        if isinstance(module, _QDQ):
+            module.exporter = exporter
 
 
 def _replace_activation_quantizers_(model: nn.Module) -> None:

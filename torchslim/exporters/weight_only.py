@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from torch import nn
 
+from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ArtifactError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import GraphIndex, digest, remove_dead, rewrite_weights_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
@@ -55,10 +58,15 @@ class GroupedWeight:
 
 
 def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
-                       input_shape: tuple[int, ...], opset: int = OPSET) -> Path:
+                       example_inputs: Any = None, input_shape: tuple[int, ...] | None = None,
+                       dynamic_dims: DynamicDims | None = None,
+                       output_names: Sequence[str] | None = None, opset: int = OPSET,
+                       exporter: str = "torchscript") -> Path:
     """Write a :func:`torchslim.quant.quantize_weight_only` model as ONNX: int8 weight
     initializers + DequantizeLinear (per channel, or blocked per group at opset 21)
-    feeding float MatMul / Gemm. ``model`` is left untouched."""
+    feeding float MatMul / Gemm. Inputs as in ``export_onnx``; ``model`` is left
+    untouched. The TorchScript exporter is the default (its opset-18 graph converts to the
+    opset 21 that blocked DequantizeLinear needs)."""
     check_quantized_as(model, WeightOnlyConfig, "export_weight_only")
     m = copy_model(model).eval().cpu()
     grouped = _bake_grouped_(m)
@@ -66,7 +74,8 @@ def export_weight_only(model: nn.Module, path: str | os.PathLike[str], *,
     if not baked and not grouped:
         raise UnsupportedModelError(f"{type(model).__name__} has no quantized Linear; "
                                     "run torchslim.quant.quantize_weight_only first")
-    proto = export_proto(m, input_shape, opset)
+    proto, _ = export_proto(m, example_inputs, input_shape=input_shape, dynamic_dims=dynamic_dims,
+                            output_names=output_names, opset=opset, exporter=exporter)
     found, _ = rewrite_weights_(proto, baked)
     if grouped:
         proto = _to_opset(proto, BLOCKED_DQ_OPSET)
