@@ -1,0 +1,281 @@
+"""Packed 4-bit weight-only ONNX: ONNX Runtime's ``com.microsoft`` ``MatMulNBits``.
+
+Each 4-bit Linear (``torchslim.quant.quantize_weight_only`` with ``bits=4``, or
+``torchslim.llm.quantize_llm``'s RTN / GPTQ / AWQ layers) becomes one node::
+
+    MatMulNBits(A, B uint8 [N, blocks, block_size / 2], scales [N * blocks],
+                zero_points uint8 [N * ceil(blocks / 2)], bias)   K, N, bits=4, block_size
+
+two codes per byte (the even column in the low nibble), ``w = (u - zero) * scale``; the
+zero points are left out when they are all 8 (a symmetric grid: ONNX Runtime's default).
+Integer embedding tables (``torchslim.llm.quantize_embeddings_``, 8 or 4 bits) become
+``GatherBlockQuantized`` (``torchslim.exporters.embedding``).
+``block_size`` is the quantization group (a power of two, at least 16). The file holds
+half a byte per weight, so it is about half the size of the int8 one. 8-bit layers of the
+same model (the LM head) are int8 initializers behind ``DequantizeLinear``. With
+``accuracy_level=0`` (the default) the kernel multiplies float32 activations, as the torch
+model does, so the two agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from torchslim.capture.inputs import DynamicDims
+from torchslim.errors import ConfigError, UnsupportedModelError
+from torchslim.exporters._onnx_graph import (GraphIndex, constants_to_initializers_, digest,
+                                             remove_dead, rewrite_weights_)
+from torchslim.exporters.embedding import bake_embeddings_, gather_block_quantized_
+from torchslim.exporters.onnx import OPSET, export_proto, write_checked
+from torchslim.exporters.weights import BakedWeight, copy_model, weight_qparams
+from torchslim.quant.affine import quantize_tensor
+from torchslim.quant.fake_quant import FakeQuantize
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["export_int4", "PackedWeight", "pack_matmul_nbits_"]
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A 4-bit Linear weight: unsigned codes, per-group scales and zero points."""
+
+    module: str
+    codes: np.ndarray   # (N, K_pad) uint8 in [0, 15], K_pad = blocks * group
+    scales: np.ndarray  # (N, blocks) float32
+    zeros: np.ndarray   # (N, blocks) uint8
+    group: int
+    in_features: int    # K (the padding columns beyond it hold zero weights)
+
+    def dequantized(self) -> np.ndarray:
+        """``(N, K)`` float32, as the torch model computes with it."""
+        g = self.group
+        w = (self.codes.astype(np.float32) - np.repeat(self.zeros, g, axis=1)) \
+            * np.repeat(self.scales, g, axis=1)
+        return np.ascontiguousarray(w[:, : self.in_features])
+
+
+def _check_block(name: str, group: int) -> None:
+    if group < 16 or group & (group - 1):
+        raise ConfigError(f"{name}: group size {group} has no MatMulNBits form (block_size "
+                          "must be a power of two >= 16); quantize with group_size=32, 64 "
+                          "or 128")
+
+
+def _from_llm(name: str, layer: nn.Module) -> PackedWeight:
+    """A ``torchslim.llm`` WeightOnlyLinear (bits=4)."""
+    _check_block(name, layer.group)
+    return PackedWeight(module=name, codes=layer.codes().numpy(), scales=layer.scales.numpy(),
+                        zeros=layer.zeros.numpy(), group=layer.group,
+                        in_features=layer.in_features)
+
+
+def _from_fake_quant(name: str, layer: nn.Module) -> PackedWeight | None:
+    """A ``quantize_weight_only`` layer with a 4-bit per-group (or per-channel) grid."""
+    weight = layer.weight.detach().float()  # (N, K)
+    scale, zp, spec = weight_qparams(name, layer.weight_fake_quant, weight)
+    if spec is None or spec.bits != 4:
+        return None
+    n, k = weight.shape
+    group = spec.group_size if spec.granularity == "per_group" else k
+    _check_block(name, group)
+    q = quantize_tensor(weight, scale, zp, spec).to(torch.int32)  # (N, K), signed or not
+    offset = 8 if spec.signed else 0  # a signed grid stored as unsigned codes
+    return PackedWeight(module=name, codes=(q + offset).to(torch.uint8).numpy(),
+                        scales=scale.float().reshape(n, -1).numpy(),
+                        zeros=(zp.to(torch.int32).reshape(n, -1) + offset).to(torch.uint8).numpy(),
+                        group=group, in_features=k)
+
+
+def _int8_head(name: str, layer: nn.Module) -> BakedWeight:
+    """An 8-bit per-channel WeightOnlyLinear (the LM head) as signed int8 + per-row scale."""
+    if layer.group_size is not None:
+        raise UnsupportedModelError(f"{name}: 8-bit per-group weights have no packed form; "
+                                    "quantize the head per channel (the default)")
+    q = (layer.codes().to(torch.int16) - layer.zeros.to(torch.int16)).to(torch.int8)  # (N, K)
+    return BakedWeight(module=name, q=q[:, : layer.in_features].numpy(),
+                       scale=layer.scales.reshape(-1).numpy().astype(np.float32),
+                       zero_point=np.zeros(layer.out_features, np.int8), axis=0)
+
+
+def _plain_linear(layer: nn.Module, weight: np.ndarray) -> nn.Linear:
+    n, k = weight.shape
+    bias = getattr(layer, "bias", None)
+    plain = nn.Linear(k, n, bias=bias is not None)
+    plain.weight = nn.Parameter(torch.from_numpy(weight.copy()), requires_grad=False)
+    if bias is not None:
+        plain.bias = nn.Parameter(bias.detach().float().clone(), requires_grad=False)
+    return plain
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _bake_(model: nn.Module) -> tuple[list[PackedWeight], list[BakedWeight]]:
+    """Replace every integer layer of ``model`` by a float one holding its dequantized
+    weight (found again in the graph by value); return the 4-bit and 8-bit weights."""
+    from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear
+
+    packed, int8 = [], []
+    for name, layer in list(model.named_modules()):
+        if isinstance(layer, W8A8Linear):
+            raise UnsupportedModelError(f"{name}: W8A8 (SmoothQuant, per-token activations) "
+                                        "has no packed 4-bit form; for ONNX smooth the float "
+                                        "model with torchslim.llm.smooth_ and quantize it "
+                                        "with QuantConfig or DynamicQuantConfig")
+        if isinstance(layer, QuantEmbedding):  # a table tied to the quantized head
+            emb = nn.Embedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx)
+            emb.weight = nn.Parameter(layer.source.weight_float(), requires_grad=False)
+            _set(model, name, emb)
+        elif isinstance(layer, WeightOnlyLinear) and layer.bits == 4:
+            packed.append(_from_llm(name, layer))
+            _set(model, name, _plain_linear(layer, packed[-1].dequantized()))
+        elif isinstance(layer, WeightOnlyLinear) and layer.bits == 8:
+            int8.append(_int8_head(name, layer))
+            _set(model, name, _plain_linear(layer, int8[-1].dequantized()))
+        elif isinstance(getattr(layer, "weight_fake_quant", None), FakeQuantize) and \
+                isinstance(layer, nn.Linear):
+            found = _from_fake_quant(name, layer)
+            if found is not None:
+                packed.append(found)
+                _set(model, name, _plain_linear(layer, found.dequantized()))
+    return packed, int8
+
+
+def export_int4(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
+                input_shape: tuple[int, ...] | None = None,
+                dynamic_dims: DynamicDims | None = None,
+                output_names: Sequence[str] | None = None, opset: int = OPSET,
+                exporter: str = "torchscript", accuracy_level: int = 0) -> Path:
+    """Write a model with 4-bit weight-only Linears as ONNX with packed ``MatMulNBits``.
+    Inputs as in ``export_onnx`` (``example_inputs`` of any structure and dtypes, named
+    ``dynamic_dims``); ``model`` is left untouched. ``accuracy_level`` is ONNX Runtime's
+    (0: float32 activations; 4: int8 activations inside the kernel, faster, not what the
+    torch model computes)."""
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ConfigError(f"accuracy_level={accuracy_level!r} must be 0, 1, 2, 3 or 4")
+    m = copy_model(model).eval().cpu()
+    tables = bake_embeddings_(m)
+    packed, int8 = _bake_(m)
+    if not packed:
+        raise UnsupportedModelError(f"{type(model).__name__} has no 4-bit weight-only Linear; "
+                                    "quantize it with WeightOnlyConfig(bits=4) or "
+                                    "torchslim.llm.quantize_llm first")
+    proto, _ = export_proto(m, example_inputs, input_shape=input_shape,
+                            dynamic_dims=dynamic_dims, output_names=output_names,
+                            opset=opset, exporter=exporter)
+    if int8:
+        rewrite_weights_(proto, int8)
+    found = pack_matmul_nbits_(proto, packed, accuracy_level=accuracy_level)
+    gathers = gather_block_quantized_(proto, tables) if tables else set()
+    missing = sorted({p.module for p in packed} - found) + sorted(
+        {t.module for t in tables} - gathers)
+    if missing:  # e.g. BERT's pooler under an embedding output: not in the graph at all
+        logger.warning("%s: no MatMul / Gemm with this weight in the exported graph (a layer "
+                       "the outputs do not use?); not written", ", ".join(missing))
+    out = write_checked(proto, path)
+    logger.info("exported %s: %d MatMulNBits (4-bit), %d int8 weights, %d quantized "
+                "embeddings, %d bytes", out, len(found), len(int8), len(gathers),
+                out.stat().st_size)
+    return out
+
+
+def _lookup(packed: list[PackedWeight]) -> dict[tuple, tuple[PackedWeight, bool]]:
+    """digest of a float initializer -> (record, stored transposed as ``[K, N]``)."""
+    table: dict[tuple, tuple[PackedWeight, bool]] = {}
+    for p in packed:
+        w = p.dequantized()
+        table.setdefault(digest(w), (p, False))
+        table.setdefault(digest(np.ascontiguousarray(w.T)), (p, True))
+    return table
+
+
+def _match(index: GraphIndex, node: onnx.NodeProto,
+           table: dict[tuple, tuple[PackedWeight, bool]]) -> PackedWeight | None:
+    """The record ``node`` multiplies by as ``x @ W.T`` (MatMul with ``[K, N]``, or a
+    plain Gemm with ``transB=1``)."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+        return None
+    value = index.constant(node.input[1])
+    if value is None or value.dtype != np.float32 or value.ndim != 2:
+        return None
+    hit = table.get(digest(value))
+    if hit is None:
+        return None
+    p, transposed = hit
+    if node.op_type == "MatMul":
+        return p if transposed else None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    plain = attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and \
+        attrs.get("beta", 1.0) == 1.0
+    return p if plain and attrs.get("transB", 0) == 1 and not transposed else None
+
+
+def _initializers(index: GraphIndex, p: PackedWeight) -> list[str]:
+    """B, scales and (unless all 8) zero points of ``p`` as initializers."""
+    n, blocks = p.scales.shape
+    half = p.codes[:, 0::2] | (p.codes[:, 1::2] << 4)  # (N, K_pad / 2), even col low
+    base = p.module or "linear"
+    names = [index.add_initializer(f"{base}_B_packed",
+                                   np.ascontiguousarray(half.reshape(n, blocks, p.group // 2))),
+             index.add_initializer(f"{base}_scales",
+                                   np.ascontiguousarray(p.scales.reshape(-1), np.float32))]
+    if np.any(p.zeros != 8):
+        zeros = p.zeros if blocks % 2 == 0 else np.pad(p.zeros, ((0, 0), (0, 1)),
+                                                        constant_values=8)
+        names.append(index.add_initializer(
+            f"{base}_zero_points", np.ascontiguousarray((zeros[:, 0::2] | (zeros[:, 1::2] << 4))
+                                                        .reshape(-1))))
+    else:
+        names.append("")
+    return names
+
+
+def pack_matmul_nbits_(proto: onnx.ModelProto, packed: list[PackedWeight], *,
+                       accuracy_level: int = 0) -> set[str]:
+    """Replace each MatMul / Gemm multiplying by a ``packed`` weight with ``MatMulNBits``
+    (its bias, a Gemm's third input, as the node's bias input); returns the modules
+    written."""
+    graph = proto.graph
+    constants_to_initializers_(graph)
+    index = GraphIndex(graph)
+    table = _lookup(packed)
+    nodes, found, made = [], set(), {}
+    for node in graph.node:
+        p = _match(index, node, table)
+        if p is None:
+            nodes.append(node)
+            continue
+        if p.module not in made:
+            made[p.module] = _initializers(index, p)
+        ins = [node.input[0], *made[p.module]]
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            ins += ["", node.input[2]]  # g_idx (none), bias
+        n, k = p.codes.shape[0], p.in_features
+        nodes.append(onnx.helper.make_node(
+            "MatMulNBits", ins, list(node.output), domain=MS_DOMAIN,
+            name=index.fresh(f"{p.module or 'linear'}_MatMulNBits"), K=k, N=n, bits=4,
+            block_size=p.group, accuracy_level=accuracy_level))
+        found.update(q.module for q in packed if np.array_equal(q.codes, p.codes)
+                     and np.array_equal(q.scales, p.scales))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    remove_dead(graph)
+    if found and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    return found
