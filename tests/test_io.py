@@ -100,6 +100,16 @@ def test_the_lock_is_reentrant_and_cleans_up_after_itself(tmp_path: Path) -> Non
     assert [p.name for p in out.iterdir()] == ["report.json"]
 
 
+def test_a_lock_that_made_parents_removes_them_when_nothing_was_written(tmp_path: Path) -> None:
+    with _io.lock_dir(tmp_path / "a" / "b" / "c"):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    with _io.lock_dir(tmp_path / "a" / "b"):
+        (tmp_path / "a" / "keep").write_text("x")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["keep"]
+
+
 def test_two_threads_racing_for_a_new_lock_never_both_hold_it(tmp_path: Path) -> None:
     """The holder unlinks the lock file before it lets go; a lock won on the unlinked file
     must not count. Many short-lived processes on one directory: never two inside."""

@@ -124,8 +124,9 @@ def lock_dir(path: str | os.PathLike[str], *, command: str = "torchslim") -> Ite
     process dies, so a killed run never leaves a stale lock. Another process that asks
     for the same directory gets ``OutputLockedError`` at once. Re-entrant within one
     process (a command's lock and its library call's). The lock file is removed on exit;
-    so is the directory when this call made it and the block left nothing in it. The
-    processes of one torchrun job are one run: only its rank 0 takes the lock.
+    so are the directories this call made (the output and missing parents) when the
+    block left nothing in them. The processes of one torchrun job are one run: only its
+    rank 0 takes the lock.
     """
     root = Path(path)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
@@ -146,7 +147,7 @@ def lock_dir(path: str | os.PathLike[str], *, command: str = "torchslim") -> Ite
             with _held_guard:
                 _held[key] -= 1
         return
-    created = not root.exists()
+    made = [d for d in (root, *root.parents) if not d.exists()]   # deepest first
     root.mkdir(parents=True, exist_ok=True)
     fd = _acquire(root / LOCK_NAME, command)
     with _held_guard:
@@ -159,9 +160,11 @@ def lock_dir(path: str | os.PathLike[str], *, command: str = "torchslim") -> Ite
         with contextlib.suppress(OSError):
             os.unlink(root / LOCK_NAME)   # unlinked while held: see _acquire
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                root.rmdir()              # only if the run left it empty
+        for d in made:                    # what this call made, if the run left it empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 def _acquire(lock: Path, command: str) -> int:
