@@ -25,7 +25,7 @@ from torchslim.prune.graph import ChannelGroup, Member, forward_once
 from torchslim.prune.importance import normalized
 
 if TYPE_CHECKING:
-    from torchslim.prune.structured import ChannelPruneConfig
+    from torchslim.prune.config import ChannelPruneConfig
 
 __all__ = ["CostModel", "choose", "plan_ratios"]
 

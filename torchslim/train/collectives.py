@@ -21,7 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchslim.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
-    from torchslim.train.distributed import World
+    from torchslim.train.world import World
 
 __all__ = ["same_everywhere", "broadcast_object", "broadcast_state_", "sum_values",
            "on_main", "average_batchnorm_", "synced_batchnorm", "to_cpu"]

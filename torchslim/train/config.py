@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torchslim.errors import ConfigError
-from torchslim.train.distributed import DistributedConfig
+from torchslim.train.world import DistributedConfig
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES"]
 

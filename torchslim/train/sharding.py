@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 if TYPE_CHECKING:
-    from torchslim.train.distributed import World
+    from torchslim.train.world import World
 
 __all__ = ["ShardedBatchSampler", "shard_loader", "shard", "rows_of", "to_device"]
 
