@@ -200,8 +200,8 @@ CASES = [
          "checkpoint not found", "torchslim train"),
     case("distill-temperature", "distill --teacher tiny.safetensors --temperature 0 "
          "--out outs/k", "temperature", "> 0"),
-    case("distill-unknown-student", "distill --teacher tiny.safetensors --student resnet7 "
-         "--out outs/k", "resnet7", "resnet8"),
+    case("distill-unknown-student", "distill --teacher tiny.safetensors --student nosuchnet "
+         "--out outs/k", "nosuchnet", "resnet8"),
     case("distill-out-locked", "distill --teacher tiny.safetensors --out locked",
          "in use by", "wait for that run to finish"),
     # ---------------------------------------------------------------- report
@@ -245,13 +245,13 @@ CASES = [
     case("run-data-args-value", "run recipes/data_args_value.yaml",
          ("data_args_value.yaml:2: data_args", "batch_size=-3"), ">= 1"),
     case("run-stage-absolute-name", "run recipes/stage_abs_name.yaml",
-         ("stage_abs_name.yaml:5: stages[0].name", "/tmp/torchslim-victim"), "plain name"),
+         ("stage_abs_name.yaml:4: stages[0].name", "/tmp/torchslim-victim"), "plain name"),
     case("run-artifact-dotdot", "run recipes/artifact_dotdot.yaml",
-         ("artifact_dotdot.yaml:6: stages[1].artifact", "../escaped.onnx"), "plain name"),
+         ("artifact_dotdot.yaml:5: stages[1].artifact", "../escaped.onnx"), "plain name"),
     case("run-recipe-name-path", "run recipes/recipe_name_path.yaml",
          ("recipe_name_path.yaml:1: name", "'../../etc'"), "plain name"),
     case("run-invalid-yaml", "run recipes/invalid_yaml.yaml",
-         ("invalid_yaml.yaml:3", "invalid YAML"), "expected"),
+         ("invalid_yaml.yaml:4", "invalid YAML"), "expected"),
     case("run-unknown-stage", "run recipes/unknown_kind.yaml",
          ("unknown_kind.yaml:3: stages[0].kind", "unknown stage 'prun'"), "did you mean 'prune'"),
     case("run-unknown-stage-option", "run recipes/unknown_option.yaml",
@@ -299,7 +299,7 @@ CASES = [
     case("registry-pull-into-a-file", "registry pull m@1.0.0 afile --registry registry",
          "DEST afile is a file", "pass a directory"),
     case("serve-missing-artifact", "serve nothere.onnx --http-port 0 --grpc-port 0",
-         "nothere.onnx", "path"),
+         "nothere.onnx", "pass an artifact file"),
     case("serve-source-and-config", "serve tiny.onnx --config serve.yaml", "either",
          "one of them"),
 ]

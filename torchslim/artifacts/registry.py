@@ -299,7 +299,8 @@ class ModelRegistry:
         if row is None:
             known = [r[0] for r in db.execute("SELECT name FROM models ORDER BY name LIMIT 8")]
             raise UnknownVersionError(f"no model {name!r} in the registry {self.root}; "
-                                      f"it holds: {', '.join(known) or 'nothing yet'}")
+                                      f"it holds: {', '.join(known) or 'nothing yet'}; check the name, "
+                                      "or push it first (torchslim registry push)")
         return int(row[0])
 
     def _find(self, db: sqlite3.Connection, ref: str | Ref) -> sqlite3.Row:

@@ -74,6 +74,7 @@ def check_output(out: Path, recipe: Recipe, *, resume: bool, overwrite: bool) ->
     ``overwrite``; returns whether the old run must be cleared. Writes nothing: the
     run's inputs are loaded (the recipe's code runs) before anything is written."""
     saved = _io.inside(out, "recipe.json")
+    _io.inside(out, "stages")              # a symlink out of the output: refused before work
     if saved.is_file() and not resume:
         if not overwrite:
             raise ConfigError(f"output {out} already holds a run ({saved}); pass --resume to "

@@ -67,7 +67,8 @@ def open(path: str | os.PathLike[str], runtime: str | None = None, *,  # noqa: A
     p = _artifact_in(Path(path))
     name = runtime_for(p, runtime)
     if not p.is_file():
-        raise ArtifactError(f"artifact not found: {p}; check the path")
+        raise ArtifactError(f"artifact not found: {p}; check the path (torchslim train writes "
+                            "a .safetensors checkpoint, quantize / prune / run an .onnx file)")
     return RUNTIMES.get(name)(p, threads=threads, precision=precision)
 
 
