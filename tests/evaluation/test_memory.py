@@ -46,3 +46,14 @@ def test_a_module_planted_in_the_working_directory_is_never_imported(tmp_path, m
                                np.zeros((4, 1, 8, 8), np.float32))
     assert not marker.exists(), marker.read_text()
     assert isinstance(peak, int) and peak > 0
+
+
+def test_an_artifact_given_by_a_relative_path_is_measured(tmp_path, monkeypatch):
+    """The child starts in an empty directory: a relative path must still reach it (the
+    demo's runs/demo/*.onnx were 'not found' there)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 8, 8))
+    monkeypatch.chdir(tmp_path)
+    peak = measure_peak_memory(OnnxRuntimeSession("m.onnx", threads=1),
+                               np.zeros((4, 1, 8, 8), np.float32))
+    assert isinstance(peak, int) and peak > 0

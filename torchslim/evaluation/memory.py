@@ -49,7 +49,7 @@ def _probe_target(session: Session) -> Iterator[tuple[str, str] | None]:
     """``(kind, path)`` the child can load, or None for a session it cannot rebuild."""
     artifact = getattr(session, "artifact", None)
     if artifact is not None and session.runtime in ("onnxruntime", "openvino"):
-        yield session.runtime, str(artifact)
+        yield session.runtime, str(Path(artifact).resolve())  # the child runs elsewhere
         return
     model = getattr(session, "model", None)
     if session.runtime != "torch" or model is None:
