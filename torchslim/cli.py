@@ -229,6 +229,7 @@ def _open(path: Path, model_name: str | None, threads: int) -> tuple[Any, Any]:
 from torchslim._commands import distill, llm, prune, run  # noqa: E402,F401
 from torchslim._commands import registry  # noqa: E402,F401
 from torchslim._commands import serve  # noqa: E402,F401
+from torchslim._commands import compare  # noqa: E402,F401
 
 
 def main() -> None:
