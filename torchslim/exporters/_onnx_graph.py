@@ -85,6 +85,15 @@ def constants_to_initializers_(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
+MS_DOMAIN = "com.microsoft"   # ONNX Runtime's contrib ops (MatMulNBits, DynamicQuantizeLinear...)
+
+
+def use_ms_domain_(model: onnx.ModelProto) -> None:
+    """Declare the ``com.microsoft`` opset once, for a graph that now uses its ops."""
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+
+
 def remove_dead(graph: onnx.GraphProto) -> None:
     """Drop nodes whose outputs reach no graph output, then unused initializers."""
     live = {v.name for v in graph.output}

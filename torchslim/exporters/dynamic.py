@@ -33,8 +33,9 @@ from torch import nn
 
 from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ArtifactError, ConfigError, UnsupportedModelError
-from torchslim.exporters._onnx_graph import (GraphIndex, attribute, constants_to_initializers_,
-                                             digest, remove_dead)
+from torchslim.exporters._onnx_graph import (MS_DOMAIN, GraphIndex, attribute,
+                                             constants_to_initializers_, digest, remove_dead,
+                                             use_ms_domain_)
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
 from torchslim.exporters.weights import (BakedWeight, bake_weights_, check_quantized_as,
                                          copy_model, weight_qparams)
@@ -84,7 +85,6 @@ def export_dynamic(model: nn.Module, path: str | os.PathLike[str], *,
 
 # --- dynamic LSTM --------------------------------------------------------------------
 
-MS_DOMAIN = "com.microsoft"
 _IOFC = (0, 3, 1, 2)  # ONNX gate block k is torch's (i, f, g, o) block _IOFC[k]
 
 
@@ -187,8 +187,8 @@ def _rewrite_lstms_(model: onnx.ModelProto, records: list[BakedLSTMLayer]) -> se
     del graph.node[:]
     graph.node.extend(nodes)
     remove_dead(graph)
-    if done and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if done:
+        use_ms_domain_(model)
     def rewritten(x: BakedLSTMLayer) -> bool:
         return any(np.array_equal(x.w_q, y.w_q) and np.array_equal(x.w_scale, y.w_scale)
                    and np.array_equal(x.r_q, y.r_q) and np.array_equal(x.r_scale, y.r_scale)

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
-from torchslim.exporters._onnx_graph import GraphIndex, constants_to_initializers_, digest, remove_dead
+from torchslim.exporters._onnx_graph import (MS_DOMAIN, GraphIndex, constants_to_initializers_,
+                                             digest, remove_dead, use_ms_domain_)
 
 __all__ = ["QuantTable", "bake_embeddings_", "gather_block_quantized_"]
 
-MS_DOMAIN = "com.microsoft"
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,6 @@ def gather_block_quantized_(proto: onnx.ModelProto, tables: list[QuantTable]) ->
     del graph.node[:]
     graph.node.extend(nodes)
     remove_dead(graph)
-    if found and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if found:
+        use_ms_domain_(proto)
     return found

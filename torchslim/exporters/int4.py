@@ -20,7 +20,6 @@ model does, so the two agree to float rounding.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +33,9 @@ from torch import nn
 
 from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.exporters._onnx_graph import (GraphIndex, constants_to_initializers_, digest,
-                                             remove_dead, rewrite_weights_)
+from torchslim.exporters._onnx_graph import (MS_DOMAIN, GraphIndex, constants_to_initializers_,
+                                             digest, remove_dead, rewrite_weights_,
+                                             use_ms_domain_)
 from torchslim.exporters.embedding import bake_embeddings_, gather_block_quantized_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
 from torchslim.exporters.weights import BakedWeight, copy_model, weight_qparams
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["export_int4", "PackedWeight", "pack_matmul_nbits_"]
 
-MS_DOMAIN = "com.microsoft"
 
 
 @dataclass(frozen=True)
@@ -276,6 +275,6 @@ def pack_matmul_nbits_(proto: onnx.ModelProto, packed: list[PackedWeight], *,
     del graph.node[:]
     graph.node.extend(nodes)
     remove_dead(graph)
-    if found and not any(o.domain == MS_DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if found:
+        use_ms_domain_(proto)
     return found
