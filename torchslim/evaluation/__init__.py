@@ -37,13 +37,13 @@ from torchslim.evaluation.metrics import (Metric, agreement, confusion_matrix, m
 from torchslim.evaluation.model_stats import (count_macs, count_nonzero, count_params,
                                               onnx_param_counts, state_dict_bytes)
 from torchslim.evaluation.result import EvalResult
-from torchslim.evaluation.timing import Ratio, Timings, time_interleaved
+from torchslim.evaluation.timing import Ratio, Timings, interleaved_speedups, time_interleaved
 from torchslim.runtime.base import Session
 
 __all__ = ["EvalResult", "evaluate", "measure_latency", "measure_peak_memory",
            "topk_accuracy", "per_class_accuracy", "confusion_matrix", "agreement",
            "mean_cosine", "Metric", "output_cosine", "count_params", "count_nonzero",
-           "count_macs", "time_interleaved", "Timings", "Ratio"]
+           "count_macs", "time_interleaved", "interleaved_speedups", "Timings", "Ratio"]
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from torchslim.errors import ConfigError
 from torchslim.evaluation.latency import SWITCH_PAUSE_S, as_arrays, tile_batch
 from torchslim.runtime.base import Session
 
-__all__ = ["SWITCH_PAUSE_S", "SWITCH_WARMUP_CALLS", "Ratio", "Timings", "time_interleaved"]
+__all__ = ["SWITCH_PAUSE_S", "SWITCH_WARMUP_CALLS", "Ratio", "Timings", "time_interleaved",
+           "interleaved_speedups"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +128,37 @@ def _visit(session: Any, batch: Any, *, calls: int, warmup: int, pause_s: float,
         session.run(batch)
         per_call.append(clock() - t0)
     return float(statistics.median(per_call)) * 1e3
+
+
+def interleaved_speedups(results: Sequence[Any], sessions: Sequence[Session | None],
+                         samples: Any, *, batch_sizes: Sequence[int] = (1, 32),
+                         rounds: int = 10, calls: int = 3) -> Timings:
+    """Time ``sessions`` (one per result, the baseline first) in ONE interleaved loop and
+    write each result's speed-up over the first into ``result.extra["speedup_interleaved"]``
+    (``{"vs", "rounds", "batches": {b: {"speedup", "low", "high"}}}``); the report's
+    speed-up column reads it in preference to a ratio of separately timed p50s. A result
+    whose session is None, or failed while being timed, gets a ``"not_timed"`` reason."""
+    if len(results) != len(sessions) or not results:
+        raise ConfigError(f"{len(results)} results but {len(sessions)} sessions; pass one "
+                          "session per result, the baseline first")
+    if sessions[0] is None:
+        raise ConfigError("the baseline (first) session is None; it is what the others are "
+                          "timed against")
+    timings = time_interleaved(sessions, samples, batch_sizes=batch_sizes, rounds=rounds,
+                               calls=calls)
+    base = results[0].name
+    for i, result in enumerate(results):
+        block: dict[str, Any] = {"vs": base, "rounds": rounds, "batches": {}}
+        for b in timings.batch_sizes:
+            ratio = timings.ratio(0, i, b)
+            if ratio is not None:
+                block["batches"][str(b)] = {"speedup": round(ratio.median, 3),
+                                            "low": round(ratio.low, 3),
+                                            "high": round(ratio.high, 3)}
+        if not block["batches"]:
+            error = timings.errors.get(i)
+            block["not_timed"] = ("no artifact to time" if sessions[i] is None
+                                  else f"failed while timed: {error}")
+            logger.warning("%s: no interleaved speed-up (%s)", result.name, block["not_timed"])
+        result.extra["speedup_interleaved"] = block
+    return timings

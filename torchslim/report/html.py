@@ -10,6 +10,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from torchslim.report.robustness_section import robustness_section
 from torchslim.report.table import candidates_of, summary_table
 
 __all__ = ["render_html"]
@@ -114,7 +115,19 @@ def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> s
         confusion=_confusion(base, names), class_names=names,
         worst=_worst(candidates, base, names), candidates=candidates,
         sensitivity=_sensitivity(report), pruning=_pruning(report),
+        robustness=robustness_section(report, candidates),
+        interleaved=_interleaved_note(candidates),
         machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
+
+
+def _interleaved_note(candidates: list[Candidate]) -> str:
+    """"here: 10 rounds, 7 candidates in one loop" when the candidates carry interleaved
+    speed-ups, "not here" otherwise."""
+    timed = [(c.get("extra") or {}).get("speedup_interleaved") for c in candidates]
+    timed = [t for t in timed if t and t.get("batches")]
+    if not timed:
+        return "not here"
+    return f"here: {timed[0].get('rounds')} rounds, {len(timed)} candidates in one loop"
 
 
 def _pruning(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -64,7 +64,15 @@ def _same_machine(a: Candidate, b: Candidate) -> bool:
 
 
 def speedup(candidate: Candidate, base: Candidate, batch: str) -> float | None:
-    """Baseline p50 / candidate p50 at ``batch``; None when not timed on the same machine."""
+    """Baseline time / candidate time at ``batch``: the median per-round ratio of one
+    interleaved loop when the candidate carries one against this baseline
+    (``extra["speedup_interleaved"]``, written by ``interleaved_speedups``), else baseline
+    p50 / candidate p50 of their own timings; None when not timed on the same machine."""
+    timed = ((candidate.get("extra") or {}).get("speedup_interleaved") or {})
+    if timed.get("vs") == base.get("name") and (timed.get("batches") or {}).get(batch):
+        return timed["batches"][batch]["speedup"]
+    if candidate.get("name") == base.get("name") and timed.get("vs") is not None:
+        return 1.0
     if not _same_machine(candidate, base):
         return None
     try:
