@@ -39,6 +39,11 @@ class TeacherRecipe:
         return f"{self.dataset}-{self.model}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
+# Teachers trained once by ``get_teacher`` with their recipe and shipped with the package
+# (the default one: 0.7 MB), so a fresh machine does not spend 6 epochs on it. The file name
+# is the recipe's key: a changed recipe misses it and trains its own.
+SHIPPED = Path(__file__).resolve().parents[1] / "zoo" / "pretrained"
+
 QUICK_TEACHER = TeacherRecipe(model="resnet8", model_kwargs={"width": 8},
                               train=TrainConfig(epochs=1, lr=0.05), train_limit=2000)
 
@@ -52,6 +57,12 @@ def get_teacher(recipe: TeacherRecipe, data: DataBundle, *,
         model, meta = load_checkpoint(weights)
         logger.info("reusing cached teacher %s", weights)
         return model, meta, True
+    shipped = SHIPPED / f"{recipe.key()}.safetensors"
+    if shipped.is_file():
+        model, meta = load_checkpoint(shipped)
+        logger.info("using the shipped teacher %s (trained by this recipe; put a checkpoint "
+                    "at %s to use another)", shipped.name, weights)
+        return model, {**meta, "shipped": True}, True
     model = build_model(recipe.model, num_classes=data.info.num_classes,
                         in_channels=data.info.input_shape[0], **recipe.model_kwargs)
     logger.info("training teacher %s on %s (%d epochs); cached afterwards in %s",
