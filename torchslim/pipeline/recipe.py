@@ -36,6 +36,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, 
 
 from torchslim._registry import Registry
 from torchslim.errors import ConfigError
+from torchslim.evaluation.robustness.config import RobustnessConfig, RobustnessLimits
 from torchslim.pipeline import recipe_errors as errs
 from torchslim.pipeline.entry_points import entry_point_syntax, plain_name, resolve_entry_point
 from torchslim.pipeline.distill import DISTILL
@@ -44,8 +45,8 @@ from torchslim.pipeline.prune import PRUNE
 from torchslim.pipeline.quantize import QUANTIZE
 from torchslim.pipeline.training import FINETUNE, PRETRAIN
 
-__all__ = ["Recipe", "Budget", "Target", "StageOptions", "DistillOptions", "PruneOptions",
-           "QuantizeOptions", "FinetuneOptions", "ExportOptions", "STAGE_SCHEMAS",
+__all__ = ["Recipe", "Budget", "RobustnessBudget", "Target", "StageOptions", "DistillOptions",
+           "PruneOptions", "QuantizeOptions", "FinetuneOptions", "ExportOptions", "STAGE_SCHEMAS",
            "load_recipe", "parse_recipe", "resolve_entry_point", "entry_point_syntax",
            "plain_name", "builtin_recipe", "builtin_recipes"]
 
@@ -75,8 +76,62 @@ def _check_model_ref(text: str) -> str:
     return text
 
 
+_ROBUSTNESS_LIMITS = ("max_corruption_drop", "max_ece_increase", "max_class_drop_points",
+                      "max_adversarial_drop")
+
+
+class RobustnessBudget(_Strict):
+    """Limits on each attempt's robustness block against the baseline's
+    (``torchslim.evaluation.robustness``), measured on the validation split the guard uses.
+
+    The limits are ``RobustnessLimits``' (drops are fractions, ``max_class_drop_points`` is
+    in points); an attempt that breaks one is rolled back like one that breaks the top-1
+    budget. The other keys choose the sample (``RobustnessConfig``): ``n`` stratified
+    images (the standard error of a change against the baseline is about sqrt(flip
+    fraction / n)), its seed, the corruptions and severities, and whether a float
+    candidate is also attacked white-box through its own model.
+    """
+
+    max_corruption_drop: float | None = Field(None, ge=0, le=1)
+    max_ece_increase: float | None = Field(None, ge=0, le=1)
+    max_class_drop_points: float | None = Field(None, ge=0, le=100)
+    max_adversarial_drop: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(500, ge=1)              # None: the whole validation split
+    seed: int = 0
+    corruptions: tuple[str, ...] | None = None    # None: RobustnessConfig's six
+    severities: tuple[int, ...] | None = None     # None: (1, 3, 5)
+    white_box: bool = True
+
+    @field_validator("corruptions", "severities")
+    @classmethod
+    def _sample(cls, value: tuple[Any, ...] | None, info: ValidationInfo) -> Any:
+        if value is not None:   # reported at its own key rather than at the block
+            RobustnessConfig(**{info.field_name: value})
+        return value
+
+    @model_validator(mode="after")
+    def _builds(self) -> RobustnessBudget:
+        if all(getattr(self, name) is None for name in _ROBUSTNESS_LIMITS):
+            raise ValueError(f"give at least one limit ({', '.join(_ROBUSTNESS_LIMITS)}), "
+                             "or drop the robustness block")
+        self.limits()
+        self.config()   # a ConfigError is a ValueError: pydantic reports it here
+        return self
+
+    def limits(self) -> RobustnessLimits:
+        """The ``RobustnessLimits`` these keys set."""
+        return RobustnessLimits(**{name: getattr(self, name) for name in _ROBUSTNESS_LIMITS})
+
+    def config(self) -> RobustnessConfig:
+        """The ``RobustnessConfig`` these keys set (its defaults for the rest)."""
+        given = {"corruptions": self.corruptions, "severities": self.severities}
+        return RobustnessConfig(n=self.n, seed=self.seed, white_box=self.white_box,
+                                **{k: v for k, v in given.items() if v is not None})
+
+
 class Budget(_Strict):
-    """What the final artifact must achieve. Drops are fractions of top-1 (0.01 = 1 point)."""
+    """What the final artifact must achieve. Drops are fractions of top-1 (0.01 = 1 point).
+    ``robustness``: optional limits on corruptions, calibration, classes and attacks."""
 
     max_drop: float | None = Field(0.01, ge=0, le=1)   # absolute, against the baseline
     max_relative_drop: float | None = Field(None, ge=0, le=1)
@@ -84,6 +139,7 @@ class Budget(_Strict):
     max_latency_ms: float | None = Field(None, gt=0)   # final p50 at ``batch``
     max_bytes: int | None = Field(None, gt=0)          # final artifact size
     batch: int = Field(32, ge=1)                        # batch size the speed targets use
+    robustness: RobustnessBudget | None = None
 
     def allowed_drop(self, baseline_top1: float) -> float:
         """The largest top-1 drop (fraction) the guard accepts."""
@@ -325,6 +381,8 @@ def _allowed_keys(loc: Loc, raw: dict[str, Any]) -> list[str]:
         stages = raw.get("stages") or []
         kind = _kind_of(stages[loc[1]]) if loc[1] < len(stages) else None
         return STAGE_SCHEMAS.get(kind).field_names() if kind in STAGE_SCHEMAS else []
+    if loc[:2] == ("budget", "robustness") and len(loc) == 3:
+        return sorted(RobustnessBudget.model_fields)
     return errs.model_keys(Recipe, loc)
 
 
