@@ -18,9 +18,13 @@ Output = Annotated[Optional[Path], typer.Option(help="Output directory (default:
 def run_cmd(recipe: RecipeArg,
             resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished stage.")] = False,
             overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an output that holds a run.")] = False,
-            output: Output = None) -> None:
+            output: Output = None,
+            publish: Annotated[Optional[str], typer.Option(help="Push the run's chain (baseline, kept stages, shipped artifact) to the registry under this model name when the budget is met.")] = None,
+            registry: Annotated[Optional[Path], typer.Option(help="Registry directory for --publish (default: $TORCHSLIM_REGISTRY or the torchslim cache).")] = None) -> None:
     """Run a recipe: stages in order under the accuracy budget, then ship and report.
-    Exit code 0 when the budget is met, 1 when it is not, 2 on errors.
+    Exit code 0 when the budget is met, 1 when it is not, 2 on errors. With
+    --publish NAME the chain is pushed to the registry (only when the budget is met)
+    and its lineage printed.
 
     A recipe is code: its model, teacher and data may name entry points
     (package.module:function) that are imported and run with your permissions
@@ -28,10 +32,25 @@ def run_cmd(recipe: RecipeArg,
     you trust. Nothing a recipe names is written outside its output directory."""
     from torchslim.pipeline.runner import run_recipe
 
+    if publish:   # a bad model name is refused before the run, not after it
+        from torchslim.artifacts.semver import check_name
+        check_name(publish)
     result = run_recipe(recipe, resume=resume, overwrite=overwrite, output=output)
     _print_result(result)
     if result.verdict != "met":
+        if publish:
+            out_console.print("not published to the registry: the budget was not met")
         raise typer.Exit(1)
+    if publish:
+        from torchslim.artifacts import ModelRegistry
+        from torchslim.pipeline.publish import publish_run
+
+        reg = ModelRegistry(registry)
+        pushed = publish_run(result.out, publish, registry=reg)
+        out_console.print(f"published {len(pushed)} versions to {reg.root}; lineage of "
+                          f"{pushed[-1].ref}:", soft_wrap=True)
+        for line in reg.lineage(pushed[-1].ref).lines():
+            out_console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @command("search")
