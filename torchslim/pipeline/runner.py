@@ -13,6 +13,11 @@ Each attempt's state is reloaded from its files before the next stage uses it, s
 resumed after SIGKILL (``resume=True``) continues from exactly what an uninterrupted run
 would have had: finished stages and attempts are read back, the interrupted attempt is
 started again from its own seed.
+
+With ``budget.robustness`` limits, each attempt is also judged on its robustness block
+against the baseline's (``torchslim.pipeline.robustness_guard``): the block and the
+checks are in its ``attempt.json`` (``"robustness"``), and the baseline's block in
+``pipeline.json``'s first stage entry.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +35,16 @@ import torch
 
 from torchslim import _io
 from torchslim.errors import ConfigError
-from torchslim.evaluation import evaluate
+from torchslim.evaluation import EvalResult, evaluate
+from torchslim.evaluation.robustness.budget import check
 from torchslim.exporters import export_onnx
 from torchslim.pipeline import setup
 from torchslim.pipeline.recipe import Recipe, StageOptions, load_recipe, stage_name
+from torchslim.pipeline.robustness_guard import BASELINE_FILE, RobustnessGuard
 from torchslim.pipeline.run import CHECKPOINT, Run, RunResult
 from torchslim.pipeline.stages import ARTIFACT, StageContext, State, run_stage
 from torchslim.pipeline.summary import finish
+from torchslim.runtime import Session
 from torchslim.runtime import open as open_session
 from torchslim.train import save_checkpoint
 
@@ -43,9 +52,21 @@ __all__ = ["run_recipe", "RunResult", "measure"]
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass
+class GuardedRun(Run):
+    """A ``Run`` with the robustness guard its budget asks for (None: no robustness limits)."""
+
+    robustness: RobustnessGuard | None = None
+
+
 def fingerprint(recipe: Recipe) -> str:
-    """What a resumed run must share with the interrupted one (the output may move)."""
-    blob = recipe.model_dump_json(exclude={"output"})
+    """What a resumed run must share with the interrupted one (the output may move). A
+    budget without robustness limits fingerprints as before they existed."""
+    exclude: dict[str, Any] = {"output": True}
+    if recipe.budget.robustness is None:
+        exclude["budget"] = {"robustness"}
+    blob = recipe.model_dump_json(exclude=exclude)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -121,7 +142,7 @@ def start(recipe: Recipe, out: Path, *, resume: bool, cache: Path | None = None,
         setup.load_model_for(recipe, recipe.teacher, data, args={}, cache=cache,
                              key="teacher")[0]
     ctx = StageContext(data=data, teacher=teacher.eval(), target=recipe.target, seed=recipe.seed)
-    run = Run(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
+    run = GuardedRun(recipe=recipe, out=out, ctx=ctx, builder=builder, model_info=info)
     record_output(out, recipe, clear=clear)
     bdir = run.path("stages", "00-baseline")
     if resume and (bdir / CHECKPOINT).is_file():
@@ -131,11 +152,19 @@ def start(recipe: Recipe, out: Path, *, resume: bool, cache: Path | None = None,
         model = setup.load_float(bdir / CHECKPOINT, builder)
     artifact = export_onnx(model, bdir / ARTIFACT, input_shape=ctx.input_shape)
     state = State(model=model, artifact=artifact, checkpoint=bdir / CHECKPOINT)
-    torch_val = measure(run, state, on_torch=True)
+    torch_result = _evaluate_val(run, state, on_torch=True)
+    torch_val = _metrics(torch_result, state)
     run.baseline_top1 = torch_val["val_top1"]
     state.record = {"metrics": measure(run, state)}
-    run.stages.append({"stage": "00-baseline", "kind": "baseline", "status": "start",
-                       "metrics": state.record["metrics"], "torch_metrics": torch_val})
+    entry = {"stage": "00-baseline", "kind": "baseline", "status": "start",
+             "metrics": state.record["metrics"], "torch_metrics": torch_val}
+    if recipe.budget.robustness is not None:
+        run.robustness = RobustnessGuard(
+            recipe.budget.robustness, data, model, baseline_logits=torch_result.logits,
+            source=f"{recipe.baseline_name}-fp32-torch", threads=recipe.target.threads,
+            saved=bdir / BASELINE_FILE, resume=resume)
+        entry["robustness"] = run.robustness.summary()
+    run.stages.append(entry)
     logger.info("baseline: val top-1 %.4f on PyTorch fp32; allowed drop %.4f",
                 run.baseline_top1, run.allowed_drop)
     run.write_log()
@@ -144,19 +173,31 @@ def start(recipe: Recipe, out: Path, *, resume: bool, cache: Path | None = None,
 
 def measure(run: Run, state: State, *, on_torch: bool = False) -> dict[str, Any]:
     """Validation top-1, latency and size of ``state`` on the target runtime (or PyTorch)."""
+    return _metrics(_evaluate_val(run, state, on_torch=on_torch), state)
+
+
+def _evaluate_val(run: Run, state: State, *, on_torch: bool = False) -> EvalResult:
     target = run.recipe.target
     if on_torch:
         from torchslim.runtime import TorchSession
         session: Any = TorchSession(state.model, threads=target.threads)
     else:
-        session = open_session(state.artifact, target.runtime, threads=target.threads,
-                               precision=None if state.precision == "fp32" else "int8")
-    result = evaluate(session, run.ctx.data.val, batch_sizes=target.batch_sizes,
-                      repeats=target.stage_repeats, warmup=1, model=state.model,
-                      measure_memory=False)
+        session = _artifact_session(run, state)
+    return evaluate(session, run.ctx.data.val, batch_sizes=target.batch_sizes,
+                    repeats=target.stage_repeats, warmup=1, model=state.model,
+                    measure_memory=False)
+
+
+def _metrics(result: EvalResult, state: State) -> dict[str, Any]:
     return {"val_top1": result.top1, "runtime": result.runtime, "precision": state.precision,
             "p50_ms": {b: s["p50"] for b, s in result.latency_ms.items()},
             "bytes": result.bytes, "params": result.params, "macs": result.macs}
+
+
+def _artifact_session(run: Run, state: State) -> Session:
+    target = run.recipe.target
+    return open_session(state.artifact, target.runtime, threads=target.threads,
+                        precision=None if state.precision == "fp32" else "int8")
 
 
 def run_stage_guarded(run: Run, i: int, stage: StageOptions, state: State, *,
@@ -207,6 +248,7 @@ def _attempt(run: Run, i: int, k: int, stage: StageOptions, opts: StageOptions, 
     _seed(run.recipe.seed * 1_000 + i * 10 + k)
     t0 = time.monotonic()
     new = run_stage(state, opts, run.ctx, adir)
+    logits = None
     if new.artifact == state.artifact:        # export: nothing changed, nothing to re-measure
         metrics, new.checkpoint = state.record["metrics"], state.checkpoint
     else:
@@ -215,32 +257,52 @@ def _attempt(run: Run, i: int, k: int, stage: StageOptions, opts: StageOptions, 
                                              dataset=run.ctx.data.info.name)
         else:
             new.checkpoint = state.checkpoint
-        metrics = measure(run, new)
+        result = _evaluate_val(run, new)
+        metrics, logits = _metrics(result, new), result.logits
     drop = run.baseline_top1 - metrics["val_top1"]
     allowed = run.allowed_drop if opts.max_drop is None else min(run.allowed_drop, opts.max_drop)
-    ok = drop <= allowed + 1e-9
+    checks = [check("top-1 drop (val, guard)", drop, allowed, "<=")]
+    robustness = _robustness(run, state, new, logits)
+    if robustness is not None:
+        checks += robustness["checks"]
+    ok = all(c["ok"] for c in checks)
     verdict = "accepted" if ok or not run.guard else "rolled back"
     record = {"stage": stage_name(i, stage), "kind": stage.kind, "attempt": k,
               "options": stage.fallbacks[k - 1] if k else {}, "metrics": metrics,
               "val_drop": round(drop, 6), "allowed_drop": round(allowed, 6),
-              "within_budget": ok, "verdict": verdict,
+              "within_budget": ok, "checks": checks, "verdict": verdict,
               "seconds": round(time.monotonic() - t0, 2), "record": new.record,
               "artifact": run.rel(new.artifact), "checkpoint": run.rel(new.checkpoint),
               "precision": new.precision}
+    if robustness is not None:
+        record["robustness"] = robustness
     _io.write_json(adir / "attempt.json", record)
-    logger.info("%s attempt %d: val top-1 %.4f (drop %.4f, allowed %.4f) -> %s",
+    failed = [c["check"] for c in checks if not c["ok"]]
+    logger.info("%s attempt %d: val top-1 %.4f (drop %.4f, allowed %.4f) -> %s%s",
                 record["stage"], k, metrics["val_top1"], drop, allowed,
-                record["verdict"])
+                record["verdict"], f" (failed: {'; '.join(failed)})" if failed else "")
     return record
+
+
+def _robustness(run: Run, before: State, new: State, logits: Any) -> dict[str, Any] | None:
+    """The attempt's robustness block and checks, None without robustness limits. An
+    attempt that left the artifact as it was (export) keeps the one it had."""
+    guard = getattr(run, "robustness", None)
+    if guard is None:
+        return None
+    if new.artifact == before.artifact and before.record.get("robustness"):
+        return before.record["robustness"]
+    return guard.judge(_artifact_session(run, new), new.model, logits)
 
 
 def _restore(run: Run, record: dict[str, Any], previous: State) -> State:
     """The accepted attempt's state, read back from its files."""
     ckpt = run.path(record["checkpoint"])
     model = setup.load_float(ckpt, run.builder)
+    kept = {"robustness": record["robustness"]} if record.get("robustness") else {}
     return State(model=model, artifact=run.path(record["artifact"]),
                  precision=record["precision"], checkpoint=ckpt,
-                 record={"metrics": record["metrics"], **record["record"]})
+                 record={"metrics": record["metrics"], **record["record"], **kept})
 
 
 def _seed(seed: int) -> None:

@@ -2,7 +2,10 @@
 
 ``report.json`` gets the usual candidates (the baseline on PyTorch fp32, each accepted
 stage's artifact and ``final-<precision>-<runtime>``, the shipped file) and a ``pipeline``
-block: one entry per stage attempt, the checks and the verdict. ``pipeline.html`` shows
+block: one entry per stage attempt, the checks and the verdict. With robustness limits
+the verdict's checks include the shipped state's robustness checks (validation split,
+as the guard judged them); each attempt carries its block (``attempts[i].robustness``)
+and the baseline's is in ``stages[0].robustness``. ``pipeline.html`` shows
 the stage-by-stage table and plots (accuracy, p50 latency and size after each stage).
 """
 
@@ -20,6 +23,7 @@ import numpy as np
 from torchslim import _io
 from torchslim.errors import ArtifactError
 from torchslim.evaluation import EvalResult, evaluate
+from torchslim.evaluation.robustness.budget import check as _check
 from torchslim.evaluation.timing import time_interleaved
 from torchslim.pipeline import setup
 from torchslim.pipeline.run import Run, RunResult
@@ -134,13 +138,10 @@ def _checks(run: Run, state: State, base: EvalResult, final: EvalResult,
         checks.append(_check(f"p50 ms at batch {budget.batch}", p50, budget.max_latency_ms, "<="))
     if budget.max_bytes is not None:
         checks.append(_check("artifact bytes", final.bytes, budget.max_bytes, "<="))
+    # the shipped state's robustness limits, as the guard judged them on the val split
+    robustness = state.record.get("robustness") or {}
+    checks += [{**c, "check": f"{c['check']} (val, guard)"} for c in robustness.get("checks", [])]
     return checks
-
-
-def _check(name: str, value: float | None, limit: float, op: str) -> dict[str, Any]:
-    ok = value is not None and (value <= limit + 1e-9 if op == "<=" else value >= limit)
-    return {"check": name, "value": None if value is None else round(float(value), 6),
-            "limit": limit, "op": op, "ok": bool(ok)}
 
 
 def serve_hint(path: Path, runtime: str) -> str:
@@ -182,6 +183,12 @@ def stage_plot(block: dict[str, Any]) -> str:
     return png_uri(fig)
 
 
+def _verdict(attempt: dict[str, Any]) -> str:
+    """The attempt's verdict and, when rolled back, the checks it failed."""
+    failed = [c["check"] for c in attempt.get("checks", []) if not c["ok"]]
+    return attempt["verdict"] + (f" ({'; '.join(failed)})" if failed else "")
+
+
 def render_pipeline(block: dict[str, Any], *, extra_figures: dict[str, str] | None = None) -> str:
     """A self-contained page: verdict, checks, every attempt, the stage plots."""
     esc = html.escape
@@ -189,7 +196,7 @@ def render_pipeline(block: dict[str, Any], *, extra_figures: dict[str, str] | No
         f"<tr><td>{esc(a['stage'])}</td><td>{a['attempt']}</td><td>{esc(str(a['options']))}</td>"
         f"<td>{a['metrics']['val_top1']:.4f}</td><td>{-100 * a['val_drop']:+.2f}</td>"
         f"<td>{esc(str(a['metrics']['p50_ms']))}</td><td>{a['metrics']['bytes'] or 0:,}</td>"
-        f"<td>{a['seconds']}</td><td>{esc(a['verdict'])}</td></tr>" for a in block["attempts"])
+        f"<td>{a['seconds']}</td><td>{esc(_verdict(a))}</td></tr>" for a in block["attempts"])
     checks = "".join(f"<li>{esc(c['check'])}: {c['value']} {c['op']} {c['limit']} — "
                      f"{'ok' if c['ok'] else 'FAILED'}</li>" for c in block.get("checks", []))
     figures = {"after each stage": stage_plot(block), **(extra_figures or {})}
