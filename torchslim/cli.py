@@ -90,18 +90,23 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
                  model: Annotated[Optional[str], typer.Option(help="Load the checkpoint as this zoo architecture.")] = None,
                  threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
                  out: Annotated[Path, typer.Option(help="Directory for report.json/html.")] = Path("runs/evaluate"),
-                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+                 data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+                 robustness: Annotated[bool, typer.Option("--robustness", help="Also measure corruptions, attacks (made on the reference's torch model, else the candidate's), calibration and flips vs the reference; report.json's extra.robustness.")] = False,
+                 robustness_n: Annotated[Optional[int], typer.Option("--robustness-n", min=1, help="Test images in the stratified robustness sample (default 500).")] = None) -> None:
     """Evaluate a checkpoint or an ONNX artifact on the test split and write a report."""
     from torchslim.data import load_data
     from torchslim.evaluation import evaluate
     from torchslim.report import print_table, write_report
 
     sizes = parse_sizes(batch_sizes)
+    if robustness_n is not None and not robustness:
+        raise ConfigError(f"--robustness-n {robustness_n} sizes the robustness sample; pass "
+                          "--robustness too")
     bundle = load_data(dataset, root=data)
     candidate_session, candidate_model = _open(path, model, threads)
     _check_fits(candidate_session, bundle, path)
     common: dict[str, Any] = {"batch_sizes": sizes, "class_names": list(bundle.info.class_names)}
-    baseline = None
+    baseline, ref_session, ref_model = None, None, None
     if reference is not None:
         ref_session, ref_model = _open(reference, None, threads)
         _check_fits(ref_session, bundle, reference)
@@ -110,6 +115,9 @@ def evaluate_cmd(path: Annotated[Path, typer.Argument(help="Checkpoint (.safeten
                             model=ref_model, **common)
     result = evaluate(candidate_session, bundle.test, name=f"{path.stem}-{candidate_session.name}",
                       reference=baseline, model=candidate_model, **common)
+    if robustness:
+        _add_robustness(bundle, robustness_n, (result, candidate_session, candidate_model),
+                        None if baseline is None else (baseline, ref_session, ref_model))
     results = [r for r in (baseline, result) if r is not None]
     paths = write_report(out, baseline=results[0], candidates=results[1:],
                          dataset={"name": dataset, "split": "test", "n": result.n},
@@ -187,6 +195,37 @@ def report(reports: Annotated[list[Path], typer.Argument(help="report.json files
     paths = write_report(out, baseline=baseline, candidates=others, dataset=first["dataset"])
     print_table([baseline, *others], console=out_console)
     out_console.print(f"report: {paths['html']}")
+
+
+def _add_robustness(bundle: Any, n: int | None, candidate: tuple[Any, Any, Any],
+                    reference: tuple[Any, Any, Any] | None) -> None:
+    """Each result's ``extra["robustness"]``, the candidate's against the reference's block:
+    one suite on the test split (attacks made on the reference's torch model, or without a
+    reference on the candidate's), calibration and flips on the whole split's logits."""
+    import numpy as np
+
+    from torchslim.evaluation.robustness import RobustnessConfig, RobustnessSuite
+
+    info, names = bundle.info, list(bundle.info.class_names)
+    source = reference if reference is not None else candidate
+    attack_model = source[2]
+    if attack_model is None:
+        out_console.print("robustness: no attacks measured, the attacks are made on a torch "
+                          "model; pass a checkpoint as " + ("--reference" if reference
+                                                            else "PATH or --reference"))
+    suite = RobustnessSuite(bundle.test, mean=info.mean, std=info.std,
+                            config=RobustnessConfig(**({} if n is None else {"n": n})),
+                            attack_model=attack_model, source=source[0].name)
+    labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in bundle.test])
+    base_block = None
+    if reference is not None:
+        ref_result, ref_session, ref_model = reference
+        base_block = suite.evaluate(ref_session, model=ref_model, class_names=names,
+                                    clean=(ref_result.logits, labels))
+        ref_result.extra["robustness"] = base_block
+    result, session, model = candidate
+    result.extra["robustness"] = suite.evaluate(session, baseline=base_block, model=model,
+                                                class_names=names, clean=(result.logits, labels))
 
 
 def _check_fits(session: Any, bundle: Any, path: Path) -> None:
