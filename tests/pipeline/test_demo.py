@@ -8,15 +8,26 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from torchslim.artifacts import ModelRegistry
 from torchslim.cli import app
+from torchslim.evaluation import timing
 
 REAL = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 runner = CliRunner()
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fake_fashion: Path) -> None:
+def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fake_fashion: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     data = [] if REAL.is_file() else ["--data", str(fake_fashion)]
+    timed_loops: list[int] = []
+    real_loop = timing.time_interleaved
+
+    def spy(sessions, *args, **kwargs):
+        timed_loops.append(len(sessions))
+        return real_loop(sessions, *args, **kwargs)
+
+    monkeypatch.setattr(timing, "time_interleaved", spy)
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--quick", "--out", str(out), *data])
     assert result.exit_code == 0, result.output
@@ -51,7 +62,23 @@ def test_demo_quick_end_to_end_then_reuses_the_cached_teacher(tmp_path: Path, fa
     assert student_c["params"] < ort_c["params"] and student_c["n"] == ort_c["n"]
     assert student_c["extra"]["distillation"]["temperature"] == 2.0
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 4
+    assert html.count("data:image/png;base64,") >= 6  # + the robustness and reliability plots
+    _check_robustness(report, html)
+    # the recipe's chain is published: lineage from the shipped INT8 back to the teacher
+    reg = report["registry"]
+    lineage = ModelRegistry(reg["root"]).lineage("fashion-mnist-demo@latest")
+    assert lineage.lines() == reg["lineage"] and "Registry: lineage" in html
+    relations = [v.manifest.provenance.relation for v in
+                 (ModelRegistry(reg["root"]).get(ref) for ref in reg["versions"])]
+    assert relations[0] == "trained" and relations[-2:] == ["quantized", "exported"]
+    assert ModelRegistry(reg["root"]).get(reg["versions"][-1]).manifest.role == "recipe-final"
+    # every speed-up of the report comes from ONE interleaved loop over all the candidates
+    loops = [n for n in timed_loops if n == len(report["candidates"])]
+    assert len(loops) == 1, timed_loops
+    for c in report["candidates"]:
+        timed = c["extra"]["speedup_interleaved"]
+        assert timed["vs"] == "teacher-fp32-torch" and set(timed["batches"]) == {"1", "32"}
+        assert timed["batches"]["32"]["low"] <= timed["batches"]["32"]["speedup"]
 
     again = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "again"), *data])
     assert again.exit_code == 0, again.output
@@ -78,3 +105,28 @@ def _check_pipeline(report: dict, out: Path) -> None:
     assert Path(pipeline["artifact"]) == out / "pipeline" / "model-int8.onnx"
     assert Path(pipeline["artifact"]).is_file() and (out / "pipeline" / "pipeline.html").is_file()
     assert pipeline["speedup"]["batch"] == 32 and pipeline["speedup"]["speedup"] > 0
+
+
+def _check_robustness(report: dict, html: str) -> None:
+    """Every candidate with an artifact has a robustness block on the same stratified
+    subset, against the teacher's ONNX Runtime export; calibration and flips on the whole
+    split (issue 20)."""
+    block = report["robustness"]
+    assert block["baseline"] == "teacher-fp32-onnxruntime" and block["n"] == 200
+    assert block["seconds"] > 0
+    by_name = {c["name"]: c for c in report["candidates"]}
+    scored = [c for c in report["candidates"][1:] if not c["name"][:2].isdigit()]
+    assert [c["name"] for c in scored][-1] == "final-int8-onnxruntime" and len(scored) == 5
+    for c in scored:
+        rob = c["extra"]["robustness"]
+        assert rob["sample"]["n"] == 200 and 0.0 <= rob["clean_top1"] <= 1.0
+        assert rob["calibration"]["n"] == c["n"]
+        assert rob["corruptions"]["mean_top1"] is not None
+        assert len(rob["adversarial"]["attacks"]) == 3  # FGSM 2/255 and 8/255, PGD-5 2/255
+    assert by_name["teacher-fp32-onnxruntime"]["extra"]["robustness"]["flips"] is None
+    int8 = by_name["teacher-int8-onnxruntime"]["extra"]["robustness"]
+    assert int8["flips"]["n"] == by_name["teacher-int8-onnxruntime"]["n"]
+    assert 0.0 <= int8["flips"]["mcnemar"]["p"] <= 1.0
+    pruned = by_name["teacher-pruned-onnxruntime"]["extra"]["robustness"]
+    assert all(a["white_box_top1"] is not None for a in pruned["adversarial"]["attacks"].values())
+    assert "Robustness: corruptions, attacks, calibration, flips" in html

@@ -116,7 +116,7 @@ def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> s
         worst=_worst(candidates, base, names), candidates=candidates,
         sensitivity=_sensitivity(report), pruning=_pruning(report),
         robustness=robustness_section(report, candidates),
-        interleaved=_interleaved_note(candidates),
+        interleaved=_interleaved_note(candidates), registry=report.get("registry"),
         machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
 
 
