@@ -41,7 +41,9 @@ class Edge:
             where = f" ({self.runtimes[0]} -> {self.runtimes[1]})" if self.runtimes else ""
             parts.append("p50 " + ", ".join(f"b{b} {s:.2f}x" for b, s in self.speedup.items())
                          + where)
-        if self.size_ratio:
+        if self.size_ratio and self.bytes_delta == 0:
+            parts.append("same size")
+        elif self.size_ratio:
             scale = (f"{self.size_ratio:.2f}x smaller" if self.size_ratio >= 1
                      else f"{1 / self.size_ratio:.2f}x larger")
             parts.append(f"size {scale} ({self.bytes_delta:+,} bytes)")
