@@ -56,7 +56,7 @@ def robustness_section(report: dict[str, Any], candidates: list[Candidate]
     scored = [(c, b) for c, b in scored if b]
     if not scored:
         return None
-    from torchslim.evaluation.robustness.plots import reliability_plot, robustness_plot
+    from torchslim.report.robustness_plots import reliability_plot, robustness_plot
 
     blocks = {c["name"]: b for c, b in scored}
     figures = [{"title": "Robustness", "uri": _uri(robustness_plot(blocks)),

@@ -4,8 +4,9 @@
 accuracy against confidence per bin, one line per candidate, the diagonal being perfect
 calibration. ``robustness_plot({name: block, ...})`` draws top-1 clean, under each
 corruption (mean over severities) and under each attack, one bar per candidate.
-The package's ``__init__`` does not import this module: it imports ``torchslim.report``,
-which imports ``torchslim.evaluation``, which may import the robustness metrics.
+They draw the blocks of ``torchslim.evaluation.robustness`` but live with the report's
+other figures, below the evaluation layer's imports; ``torchslim.report.html`` loads them
+(and matplotlib) only when a page with a robustness section is drawn.
 """
 
 from __future__ import annotations

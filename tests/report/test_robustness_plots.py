@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from torchslim.evaluation.robustness.plots import reliability_plot, robustness_plot
+from torchslim.report.robustness_plots import reliability_plot, robustness_plot
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
