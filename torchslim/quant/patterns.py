@@ -23,7 +23,10 @@ Max-pool, reshapes, transposes, slicing, dropout and zero padding keep their inp
 (``pass`` ops) and get no quantizer. A quantizer is then dropped when nothing reads it as
 an integer op does (repeated until nothing changes): an add whose sum only feeds a
 LayerNorm runs in float, and so its inputs need no quantizers either; the logits stay
-float. Nodes inside a skipped submodule get no quantizer at all.
+float. Two exceptions, both because ONNX Runtime fuses only exact patterns: a conv's
+output quantizer is always kept (QLinearConv needs the Q after it, even when a float
+``ReduceMean`` reads it), and a zero ``Pad`` right before a layer gets a quantizer of its
+own (DQ -> Pad -> Conv does not fuse). Nodes inside a skipped submodule get no quantizer at all.
 """
 
 from __future__ import annotations
@@ -104,6 +107,12 @@ def role(gm: fx.GraphModule, node: fx.Node, plans: dict[str, LayerPlan],
     return "other"
 
 
+def _is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a layer node is a convolution (a weight of more than two dims)."""
+    weight = getattr(gm.get_submodule(str(node.target)), "weight", None)
+    return weight is not None and weight.dim() > 2
+
+
 def _consumed(node: fx.Node, r: str) -> list[Any]:
     """The inputs an integer op of role ``r`` reads quantized."""
     if r == "layer":
@@ -120,6 +129,10 @@ class Placement:
                  in_skip: Callable[[fx.Node], bool]) -> None:
         self.gm, self.config, self.plans, self.in_skip = gm, config, plans, in_skip
         self.rules: dict[str, str] = {}  # quantizer module name -> rule
+        # output quantizers of convs: kept even when no integer op reads them, since ONNX
+        # Runtime fuses DQ -> Conv -> Q into QLinearConv only with the Q there (a conv
+        # before a float ReduceMean would otherwise run in float while counted as INT8)
+        self.kept: set[str] = set()
 
     def role(self, node: fx.Node) -> str:
         return role(self.gm, node, self.plans, self.in_skip)
@@ -172,7 +185,9 @@ def _quantize_outputs(p: Placement, nodes: list[fx.Node], roles: dict[fx.Node, s
         if r == "placeholder":
             p.after(node, "input")
         elif r == "layer":
-            p.after(p.fused_end(node), "output", p.plans[str(node.target)].activation)
+            fq = p.after(p.fused_end(node), "output", p.plans[str(node.target)].activation)
+            if _is_conv(p.gm, node):
+                p.kept.add(str(fq.target))
         elif r in _OUTPUT_RULES:
             p.after(p.fused_end(node) if r == "add" else node, _OUTPUT_RULES[r])
 
@@ -185,8 +200,13 @@ def _quantize_inputs(p: Placement, nodes: list[fx.Node], roles: dict[fx.Node, st
         if r not in INTEGER_ROLES:
             continue
         for arg in _consumed(node, r):
-            if isinstance(arg, fx.Node) and is_float_node(arg) and not p.is_fq(p.source(arg)):
+            if not (isinstance(arg, fx.Node) and is_float_node(arg)):
+                continue
+            if not p.is_fq(p.source(arg)):
                 p.after(arg, "matmul_input" if r == "matmul" else "input_of")
+            elif r == "layer" and op_kind(p.gm, arg) == "pad":
+                # DQ -> Pad -> Conv is not a pattern ORT fuses: quantize the padded tensor too
+                p.after(arg, "input_of")
 
 
 def _integer_reader(p: Placement, user: fx.Node) -> bool:
@@ -208,7 +228,8 @@ def _drop_unread(p: Placement) -> None:
     while changed:
         changed = False
         for node in list(p.gm.graph.nodes):
-            if p.is_fq(node) and not any(_integer_reader(p, u) for u in node.users):
+            if p.is_fq(node) and str(node.target) not in p.kept and \
+                    not any(_integer_reader(p, u) for u in node.users):
                 p.remove(node)
                 changed = True
 
