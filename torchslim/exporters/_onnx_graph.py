@@ -4,11 +4,14 @@ tensor, constant lookups, fresh names, dead-code removal. Private to the exporte
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+logger = logging.getLogger(__name__)
 
 
 class GraphIndex:
@@ -120,7 +123,7 @@ _WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 # Ops that only move or select values: a quantized input gives a quantized output on the
 # same grid, so a Q/DQ pair after them is exact.
 _PASSTHROUGH_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
-_INT32_MAX = 2 ** 31 - 1
+_INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
 def digest(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
@@ -145,9 +148,9 @@ def rewrite_weights_(model: onnx.ModelProto, baked: list) -> tuple[set[str], int
         if w.ndim == 2:
             lookup.setdefault(digest(w.T), (b, True))
     new_nodes: list[onnx.NodeProto] = []
-    done: dict[str, tuple[str, np.ndarray, int]] = {}  # float initializer -> (dq out, scale, axis)
+    done: dict[str, tuple[str, object, int]] = {}  # float initializer -> (dq out, baked, axis)
     found: set[str] = set()
-    biases = 0
+    biases, moved = 0, []
     for node in graph.node:
         if node.op_type not in _WEIGHT_OPS or len(node.input) < 2:
             continue
@@ -161,13 +164,21 @@ def rewrite_weights_(model: onnx.ModelProto, baked: list) -> tuple[set[str], int
             b, transposed = hit
             q = b.q.T if transposed else b.q
             axis = (1 - b.axis) if transposed else b.axis
-            done[name] = (_add_weight_dq(index, new_nodes, name, q, b, axis), b.scale, axis)
+            done[name] = (_add_weight_dq(index, new_nodes, name, q, b, axis), b, axis)
             found.update(same[digest(b.dequantized())])
-        dq_out, w_scale, axis = done[name]
+        dq_out, b, axis = done[name]
         node.input[1] = dq_out
-        if (_out_axis(node, axis) and _runs_integer(index, node)
-                and _quantize_bias(index, new_nodes, node, w_scale)):
+        shift = _quantize_bias(index, new_nodes, node, b.scale) if _out_axis(node, axis) else None
+        if shift is not None:
             biases += 1
+            if shift > 1e-3 and not b.bias_on_grid:
+                moved.append(b.module)
+    if moved:
+        logger.warning("the fake-quant model adds the float biases of %s, which an int8 runtime "
+                       "rounds to the int32 grid input_scale * weight_scale: its outputs will "
+                       "differ from the artifact's; link those layers to their input quantizers "
+                       "(torchslim.quant.bias_grid.link_input_quantizers_, which prepare calls)",
+                       ", ".join(moved))
     # The new DequantizeLinear nodes read only initializers: put them first (topological).
     nodes = new_nodes + list(graph.node)
     del graph.node[:]
@@ -186,20 +197,6 @@ def _out_axis(node: onnx.NodeProto, axis: int) -> bool:
     return False
 
 
-def _runs_integer(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    """Whether ONNX Runtime can run ``node`` as an integer kernel, so that an INT32 bias
-    is what it computes with anyway: a Gemm (QGemm may output float), or a Conv whose
-    output is requantized right away (QLinearConv), possibly after a Relu / Clip that the
-    requantization absorbs. Elsewhere the bias stays float: rounding it to the int32 grid
-    would only move the float result away from the fake-quant model's."""
-    if node.op_type == "Gemm":
-        return True
-    users = index.consumers.get(node.output[0], [])
-    if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
-        users = index.consumers.get(users[0].output[0], [])
-    return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
-
-
 def _add_weight_dq(index: GraphIndex, new_nodes: list[onnx.NodeProto], name: str,
                    q: np.ndarray, b: object, axis: int) -> str:
     q_name = index.add_initializer(f"{name}_quantized", np.ascontiguousarray(q))
@@ -213,18 +210,22 @@ def _add_weight_dq(index: GraphIndex, new_nodes: list[onnx.NodeProto], name: str
 
 
 def _quantize_bias(index: GraphIndex, new_nodes: list[onnx.NodeProto], node: onnx.NodeProto,
-                   w_scale: np.ndarray) -> bool:
-    """INT32 bias with scale ``x_scale * w_scale`` when the layer's input is dequantized."""
+                   w_scale: np.ndarray) -> float | None:
+    """INT32 bias with scale ``x_scale * w_scale`` when the layer's input is dequantized,
+    whether ONNX Runtime then fuses the layer into an integer kernel or not: its
+    WeightBiasQuantization pass rounds such a bias to this grid in any case, and the
+    fake-quant layers add theirs on it (``torchslim.quant.bias_grid``). Values beyond int32
+    saturate, as there. Returns how far the rounding moved the bias, in steps of the grid
+    (0 for a bias the torch model already put on it), or None when it stays float."""
     if len(node.input) < 3 or not node.input[2]:
-        return False
+        return None
     bias = index.constant(node.input[2])
     x_scale = _dq_scale(index, node.input[0])
     if bias is None or bias.ndim != 1 or x_scale is None:
-        return False
+        return None
     scale = (np.float32(x_scale) * np.broadcast_to(w_scale, bias.shape)).astype(np.float32)
-    q = np.round(bias.astype(np.float64) / scale.astype(np.float64))
-    if np.abs(q).max(initial=0) > _INT32_MAX:
-        return False  # a tiny weight scale: keep this bias in float rather than clip it
+    exact = bias.astype(np.float64) / scale.astype(np.float64)
+    q = np.clip(np.round(exact), _INT32_MIN, _INT32_MAX)
     name = node.input[2]
     q_name = index.add_initializer(f"{name}_quantized", q.astype(np.int32))
     s_name = index.add_initializer(f"{name}_scale", scale)
@@ -233,7 +234,7 @@ def _quantize_bias(index: GraphIndex, new_nodes: list[onnx.NodeProto], node: onn
     new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
                                            name=index.fresh(f"{name}_DequantizeLinear"), axis=0))
     node.input[2] = out
-    return True
+    return float(np.abs(q - exact).max(initial=0.0))
 
 
 def _dq_scale(index: GraphIndex, tensor: str) -> float | None:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from torchslim._record import record_of
 from torchslim.errors import ConfigError, UnsupportedModelError
+from torchslim.quant.bias_grid import GridBias
 from torchslim.quant.affine import QuantSpec, dequantize_tensor, quantize_tensor
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 
@@ -32,6 +33,7 @@ class BakedWeight:
     scale: np.ndarray  # float32, (C,) per channel or () per tensor
     zero_point: np.ndarray  # same dtype as q, same shape as scale
     axis: int  # channel axis of the per-channel scale in the torch weight
+    bias_on_grid: bool = False  # the torch layer added its bias on the int32 grid s_in * s_w
 
     def dequantized(self) -> np.ndarray:
         """The float weight the torch model computes with, as in ``affine.dequantize``."""
@@ -73,6 +75,7 @@ def bake_weights_(model: nn.Module) -> list[BakedWeight]:
         if spec is None:
             continue  # quantizer switched off: the layer stays float
         q = quantize_tensor(weight.detach().float(), scale, zero_point, spec)  # int8 / uint8
+        on_grid = _bake_bias_(module)  # before the weight quantizer goes: it needs its scale
         module.weight = nn.Parameter(dequantize_tensor(q, scale, zero_point, spec), requires_grad=False)
         module.weight_fake_quant = nn.Identity()
         if spec.granularity == "per_group":
@@ -84,8 +87,26 @@ def bake_weights_(model: nn.Module) -> list[BakedWeight]:
         baked.append(BakedWeight(
             module=name, q=q.numpy(), scale=scale.float().reshape(qparam_shape).numpy(),
             zero_point=zero_point.reshape(qparam_shape).numpy().astype(q.numpy().dtype),
-            axis=spec.axis % q.dim() if per_channel else 0))
+            axis=spec.axis % q.dim() if per_channel else 0, bias_on_grid=on_grid))
     return baked
+
+
+@torch.no_grad()
+def _bake_bias_(module: nn.Module) -> bool:
+    """Replace a ``GridBias`` layer's bias by the int32-grid value its forward adds, so the
+    exported graph holds exactly that bias (the QDQ rewrite then finds its int32 values
+    again); whether it did."""
+    bias = getattr(module, "bias", None)
+    if not isinstance(module, GridBias) or not isinstance(bias, Tensor):
+        return False
+    module.weight_fake_quant(module.weight.detach())  # refreshes a weight grid still observing
+    float_bias = bias.detach()
+    value = module.bias_on_grid(float_bias)
+    if value is float_bias or value is None:
+        return False
+    module.bias = nn.Parameter(value.detach().clone(), requires_grad=False)
+    module.link_input_(None)  # baked: the forward adds it as it is
+    return True
 
 
 def weight_qparams(name: str, fq: nn.Module, weight: Tensor

@@ -16,6 +16,7 @@ from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
 from torchslim.capture.ops import node_module
+from torchslim.quant.bias_grid import GridBias
 from torchslim.quant.modules import to_quant_module
 
 __all__ = ["fold_bn_weights", "fold_batchnorm_", "ConvBn", "QuantConvBn", "fold_simulated_bn_"]
@@ -110,14 +111,16 @@ class ConvBn(nn.Module):
         return self.bn(self.conv(x))
 
 
-class QuantConvBn(nn.Module):
+class QuantConvBn(GridBias, nn.Module):
     """Conv + BN whose weights are quantized as they will be once folded.
 
     The weight seen by the quantizer is ``w * gamma / sqrt(running_var + eps)`` (the
     deployed, folded weight); the conv output is divided by that factor again so that BN
     can normalise with the batch statistics while training. With ``freeze_bn`` (or in
     eval mode) BN uses its running statistics, which makes the output exactly the folded
-    conv's; ``folded()`` then returns that conv as a plain ``QuantConv*``.
+    conv's; ``folded()`` then returns that conv as a plain ``QuantConv*``, which inherits
+    the input-quantizer link and from then on adds its bias on the int32 grid (while BN
+    is simulated the bias stays float: it is not the deployed bias yet).
     """
 
     def __init__(self, conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm,
@@ -152,7 +155,9 @@ class QuantConvBn(nn.Module):
         """The equivalent ``QuantConv*`` with BN folded in (sharing ``weight_fake_quant``)."""
         conv = copy.deepcopy(self.conv)
         fold_bn_weights(conv, self.bn)
-        return to_quant_module(conv, self.weight_fake_quant)
+        folded = to_quant_module(conv, self.weight_fake_quant)
+        folded.link_input_(self.input_quantizer)
+        return folded
 
 
 def fold_simulated_bn_(model: nn.Module) -> list[str]:

@@ -4,6 +4,9 @@ This is the contract between preparation and export: a prepared model holds thes
 modules (BatchNorm already folded into their weight and bias) plus activation
 ``FakeQuantize`` modules in its graph. The exporter reads ``weight_fake_quant`` to write
 integer weights; anything else with that attribute is treated the same way.
+
+Each also adds its bias as an integer kernel does: on the int32 grid ``s_in * s_w`` once
+it is linked to the activation quantizer feeding it (``bias_grid``; ``prepare`` links).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from torchslim._record import carry_
+from torchslim.quant.bias_grid import GridBias
 
 __all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLinear", "QUANT_MODULES",
            "to_quant_module"]
@@ -28,9 +32,9 @@ def _copy_into(new: nn.Module, old: nn.Module, weight_fake_quant: nn.Module) -> 
     return new
 
 
-class _QuantConv:
+class _QuantConv(GridBias):
     """What QuantConv1d and QuantConv2d share: build from a float conv, convolve with the
-    fake-quantized weight."""
+    fake-quantized weight and the bias on its int32 grid."""
 
     weight_fake_quant: nn.Module
 
@@ -42,7 +46,8 @@ class _QuantConv:
         return _copy_into(new, conv, weight_fake_quant)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight_fake_quant(self.weight), self.bias)  # type: ignore[attr-defined]
+        weight = self.weight_fake_quant(self.weight)  # first: the bias grid needs its scale
+        return self._conv_forward(x, weight, self.bias_on_grid(self.bias))  # type: ignore[attr-defined]
 
 
 class QuantConv1d(_QuantConv, nn.Conv1d):
@@ -57,7 +62,7 @@ class QuantConv3d(_QuantConv, nn.Conv3d):
     pass
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(GridBias, nn.Linear):
     weight_fake_quant: nn.Module
 
     @classmethod
@@ -67,7 +72,8 @@ class QuantLinear(nn.Linear):
         return _copy_into(new, linear, weight_fake_quant)  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight_fake_quant(self.weight), self.bias)
+        weight = self.weight_fake_quant(self.weight)  # first: the bias grid needs its scale
+        return F.linear(x, weight, self.bias_on_grid(self.bias))
 
 
 # float type -> its quantized twin (exact types: a subclass may change forward)

@@ -36,6 +36,7 @@ from torchslim.capture import capture
 from torchslim.capture.values import module_macs
 from torchslim.capture.inputs import ExampleInputs, as_example_inputs
 from torchslim.errors import ConfigError
+from torchslim.quant.bias_grid import link_input_quantizers_
 from torchslim.quant.config import (LayerPlan, QuantConfig, check_names, matches,
                                     resolve_layers)
 from torchslim.quant.coverage import Tally, enforce, params_of, summarise, tally_unit
@@ -256,7 +257,9 @@ def _layer_inputs(placement: Placement, prefix: str, plans: dict[str, LayerPlan]
 
 @torch.no_grad()
 def _check_runs(model: nn.Module, inputs: ExampleInputs) -> None:
-    """One float forward (quantizers off) so that a broken graph fails here, not later."""
+    """One float forward (quantizers off) so that a broken graph fails here, not later;
+    the same pass links each layer to the quantizer feeding it (its bias grid)."""
     set_observers_(model, False)
     set_fake_quant_(model, False)
-    inputs.call(model)
+    links = link_input_quantizers_(model, inputs)
+    logger.debug("%d layers add their bias on the int32 grid of their input", len(links))

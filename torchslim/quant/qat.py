@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.quant.bias_grid import relink_
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 from torchslim.quant.fold import QuantConvBn
 from torchslim.quant.prepare import fake_quantizers, set_fake_quant_, set_observers_
@@ -64,7 +65,9 @@ class FreezeBatchNorm(Callback):
 
 
 def _set(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in place of quantizer ``name``; the layers reading its grid follow."""
     parent, _, child = name.rpartition(".")
+    relink_(root, root.get_submodule(name), module)
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
