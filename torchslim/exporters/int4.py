@@ -1,20 +1,26 @@
-"""Packed 4-bit weight-only ONNX: ONNX Runtime's ``com.microsoft`` ``MatMulNBits``.
+"""Packed weight-only ONNX: ONNX Runtime's ``com.microsoft`` ``MatMulNBits``.
 
 Each 4-bit Linear (``torchslim.quant.quantize_weight_only`` with ``bits=4``, or
 ``torchslim.llm.quantize_llm``'s RTN / GPTQ / AWQ layers) becomes one node::
 
-    MatMulNBits(A, B uint8 [N, blocks, block_size / 2], scales [N * blocks],
-                zero_points uint8 [N * ceil(blocks / 2)], bias)   K, N, bits=4, block_size
+    MatMulNBits(A, B uint8 [N, blocks, block_size * bits / 8], scales [N * blocks],
+                zero_points uint8 [N * ceil(blocks * bits / 8)], bias)   K, N, bits, block_size
 
-two codes per byte (the even column in the low nibble), ``w = (u - zero) * scale``; the
-zero points are left out when they are all 8 (a symmetric grid: ONNX Runtime's default).
-Integer embedding tables (``torchslim.llm.quantize_embeddings_``, 8 or 4 bits) become
-``GatherBlockQuantized`` (``torchslim.exporters.embedding``).
+4-bit codes two per byte (the even column in the low nibble), ``w = (u - zero) * scale``;
+the zero points are left out when they are all ``2^(bits-1)`` (a symmetric grid: ONNX
+Runtime's default). Integer embedding tables (``torchslim.llm.quantize_embeddings_``, 8 or
+4 bits) become ``GatherBlockQuantized`` (``torchslim.exporters.embedding``).
 ``block_size`` is the quantization group (a power of two, at least 16). The file holds
-half a byte per weight, so it is about half the size of the int8 one. 8-bit layers of the
-same model (the LM head) are int8 initializers behind ``DequantizeLinear``. With
-``accuracy_level=0`` (the default) the kernel multiplies float32 activations, as the torch
-model does, so the two agree to float rounding.
+half a byte per weight, so it is about half the size of the int8 one.
+
+8-bit per-row layers of the same model (``quantize_llm``'s LM head) are ``MatMulNBits``
+with ``bits=8``, their row scale repeated over power-of-two blocks. They are not written
+as int8 behind ``DequantizeLinear``: ONNX Runtime fuses ``DQ -> MatMul`` into a
+``MatMulNBits`` with ``accuracy_level=4`` (session option
+``session.qdq_matmulnbits_accuracy_level``), which quantizes the activations to int8 per
+block and moved a tiny Llama's logits by 3e-3 from the torch model. With
+``accuracy_level=0`` (the default) every kernel multiplies float32 activations, as the
+torch model does, so the two agree to float rounding.
 """
 
 from __future__ import annotations
@@ -34,11 +40,10 @@ from torch import nn
 from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import (MS_DOMAIN, GraphIndex, constants_to_initializers_,
-                                             digest, remove_dead, rewrite_weights_,
-                                             use_ms_domain_)
+                                             digest, remove_dead, use_ms_domain_)
 from torchslim.exporters.embedding import bake_embeddings_, gather_block_quantized_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
-from torchslim.exporters.weights import BakedWeight, copy_model, weight_qparams
+from torchslim.exporters.weights import copy_model, weight_qparams
 from torchslim.quant.affine import quantize_tensor
 from torchslim.quant.fake_quant import FakeQuantize
 
@@ -50,14 +55,15 @@ __all__ = ["export_int4", "PackedWeight", "pack_matmul_nbits_"]
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A 4-bit Linear weight: unsigned codes, per-group scales and zero points."""
+    """A 4- or 8-bit Linear weight: unsigned codes, per-block scales and zero points."""
 
     module: str
-    codes: np.ndarray   # (N, K_pad) uint8 in [0, 15], K_pad = blocks * group
+    codes: np.ndarray   # (N, K_pad) uint8 in [0, 2^bits - 1], K_pad = blocks * group
     scales: np.ndarray  # (N, blocks) float32
     zeros: np.ndarray   # (N, blocks) uint8
     group: int
     in_features: int    # K (the padding columns beyond it hold zero weights)
+    bits: int = 4
 
     def dequantized(self) -> np.ndarray:
         """``(N, K)`` float32, as the torch model computes with it."""
@@ -75,11 +81,27 @@ def _check_block(name: str, group: int) -> None:
 
 
 def _from_llm(name: str, layer: nn.Module) -> PackedWeight:
-    """A ``torchslim.llm`` WeightOnlyLinear (bits=4)."""
-    _check_block(name, layer.group)
-    return PackedWeight(module=name, codes=layer.codes().numpy(), scales=layer.scales.numpy(),
-                        zeros=layer.zeros.numpy(), group=layer.group,
-                        in_features=layer.in_features)
+    """A ``torchslim.llm`` WeightOnlyLinear (4 or 8 bits)."""
+    codes, scales, zeros = layer.codes().numpy(), layer.scales.numpy(), layer.zeros.numpy()
+    group = layer.group
+    if layer.bits == 8 and layer.group_size is None:  # per row (the LM head): re-block it
+        group, k_pad = _row_blocks(layer.padded)
+        blocks = k_pad // group
+        codes = np.concatenate([codes, np.repeat(zeros, k_pad - codes.shape[1], axis=1)], 1)
+        scales, zeros = np.repeat(scales, blocks, axis=1), np.repeat(zeros, blocks, axis=1)
+    _check_block(name, group)
+    return PackedWeight(module=name, codes=codes, scales=scales, zeros=zeros, group=group,
+                        in_features=layer.in_features, bits=layer.bits)
+
+
+def _row_blocks(k: int) -> tuple[int, int]:
+    """``(block_size, K_pad)`` for a per-row grid: the largest power of two in [16, 128]
+    dividing ``k`` (the row's scale repeated per block), else blocks of 16 over ``k``
+    padded with zero weights."""
+    for block in (128, 64, 32, 16):
+        if k % block == 0:
+            return block, k
+    return 16, -(-k // 16) * 16
 
 
 def _from_fake_quant(name: str, layer: nn.Module) -> PackedWeight | None:
@@ -99,17 +121,6 @@ def _from_fake_quant(name: str, layer: nn.Module) -> PackedWeight | None:
                         group=group, in_features=k)
 
 
-def _int8_head(name: str, layer: nn.Module) -> BakedWeight:
-    """An 8-bit per-channel WeightOnlyLinear (the LM head) as signed int8 + per-row scale."""
-    if layer.group_size is not None:
-        raise UnsupportedModelError(f"{name}: 8-bit per-group weights have no packed form; "
-                                    "quantize the head per channel (the default)")
-    q = (layer.codes().to(torch.int16) - layer.zeros.to(torch.int16)).to(torch.int8)  # (N, K)
-    return BakedWeight(module=name, q=q[:, : layer.in_features].numpy(),
-                       scale=layer.scales.reshape(-1).numpy().astype(np.float32),
-                       zero_point=np.zeros(layer.out_features, np.int8), axis=0)
-
-
 def _plain_linear(layer: nn.Module, weight: np.ndarray) -> nn.Linear:
     n, k = weight.shape
     bias = getattr(layer, "bias", None)
@@ -125,12 +136,12 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def _bake_(model: nn.Module) -> tuple[list[PackedWeight], list[BakedWeight]]:
+def _bake_(model: nn.Module) -> list[PackedWeight]:
     """Replace every integer layer of ``model`` by a float one holding its dequantized
-    weight (found again in the graph by value); return the 4-bit and 8-bit weights."""
+    weight (found again in the graph by value); return the integer weights."""
     from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear
 
-    packed, int8 = [], []
+    packed = []
     for name, layer in list(model.named_modules()):
         if isinstance(layer, W8A8Linear):
             raise UnsupportedModelError(f"{name}: W8A8 (SmoothQuant, per-token activations) "
@@ -141,19 +152,16 @@ def _bake_(model: nn.Module) -> tuple[list[PackedWeight], list[BakedWeight]]:
             emb = nn.Embedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx)
             emb.weight = nn.Parameter(layer.source.weight_float(), requires_grad=False)
             _set(model, name, emb)
-        elif isinstance(layer, WeightOnlyLinear) and layer.bits == 4:
+        elif isinstance(layer, WeightOnlyLinear) and layer.bits in (4, 8):
             packed.append(_from_llm(name, layer))
             _set(model, name, _plain_linear(layer, packed[-1].dequantized()))
-        elif isinstance(layer, WeightOnlyLinear) and layer.bits == 8:
-            int8.append(_int8_head(name, layer))
-            _set(model, name, _plain_linear(layer, int8[-1].dequantized()))
         elif isinstance(getattr(layer, "weight_fake_quant", None), FakeQuantize) and \
                 isinstance(layer, nn.Linear):
             found = _from_fake_quant(name, layer)
             if found is not None:
                 packed.append(found)
                 _set(model, name, _plain_linear(layer, found.dequantized()))
-    return packed, int8
+    return packed
 
 
 def export_int4(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
@@ -170,16 +178,14 @@ def export_int4(model: nn.Module, path: str | os.PathLike[str], *, example_input
         raise ConfigError(f"accuracy_level={accuracy_level!r} must be 0, 1, 2, 3 or 4")
     m = copy_model(model).eval().cpu()
     tables = bake_embeddings_(m)
-    packed, int8 = _bake_(m)
-    if not packed:
+    packed = _bake_(m)
+    if not any(p.bits == 4 for p in packed):
         raise UnsupportedModelError(f"{type(model).__name__} has no 4-bit weight-only Linear; "
                                     "quantize it with WeightOnlyConfig(bits=4) or "
                                     "torchslim.llm.quantize_llm first")
     proto, _ = export_proto(m, example_inputs, input_shape=input_shape,
                             dynamic_dims=dynamic_dims, output_names=output_names,
                             opset=opset, exporter=exporter)
-    if int8:
-        rewrite_weights_(proto, int8)
     found = pack_matmul_nbits_(proto, packed, accuracy_level=accuracy_level)
     gathers = gather_block_quantized_(proto, tables) if tables else set()
     missing = sorted({p.module for p in packed} - found) + sorted(
@@ -188,9 +194,9 @@ def export_int4(model: nn.Module, path: str | os.PathLike[str], *, example_input
         logger.warning("%s: no MatMul / Gemm with this weight in the exported graph (a layer "
                        "the outputs do not use?); not written", ", ".join(missing))
     out = write_checked(proto, path)
-    logger.info("exported %s: %d MatMulNBits (4-bit), %d int8 weights, %d quantized "
-                "embeddings, %d bytes", out, len(found), len(int8), len(gathers),
-                out.stat().st_size)
+    eight = {p.module for p in packed if p.bits == 8} & found
+    logger.info("exported %s: %d MatMulNBits (%d of them 8-bit), %d quantized embeddings, "
+                "%d bytes", out, len(found), len(eight), len(gathers), out.stat().st_size)
     return out
 
 
@@ -225,21 +231,30 @@ def _match(index: GraphIndex, node: onnx.NodeProto,
     return p if plain and attrs.get("transB", 0) == 1 and not transposed else None
 
 
+def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """``(N, 2m)`` values in [0, 15] -> ``(N, m)`` uint8, the even column in the low nibble."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
 def _initializers(index: GraphIndex, p: PackedWeight) -> list[str]:
-    """B, scales and (unless all 8) zero points of ``p`` as initializers."""
+    """B, scales and (unless all ``2^(bits-1)``) zero points of ``p`` as initializers."""
     n, blocks = p.scales.shape
-    half = p.codes[:, 0::2] | (p.codes[:, 1::2] << 4)  # (N, K_pad / 2), even col low
+    data = _pack_nibbles(p.codes) if p.bits == 4 else p.codes  # (N, K_pad * bits / 8)
     base = p.module or "linear"
-    names = [index.add_initializer(f"{base}_B_packed",
-                                   np.ascontiguousarray(half.reshape(n, blocks, p.group // 2))),
+    names = [index.add_initializer(
+                 f"{base}_B_packed",
+                 np.ascontiguousarray(data.reshape(n, blocks, p.group * p.bits // 8))),
              index.add_initializer(f"{base}_scales",
                                    np.ascontiguousarray(p.scales.reshape(-1), np.float32))]
-    if np.any(p.zeros != 8):
-        zeros = p.zeros if blocks % 2 == 0 else np.pad(p.zeros, ((0, 0), (0, 1)),
-                                                        constant_values=8)
-        names.append(index.add_initializer(
-            f"{base}_zero_points", np.ascontiguousarray((zeros[:, 0::2] | (zeros[:, 1::2] << 4))
-                                                        .reshape(-1))))
+    default = 2 ** (p.bits - 1)
+    if np.any(p.zeros != default):
+        zeros = p.zeros
+        if p.bits == 4:  # two per byte, the row padded to whole bytes
+            if blocks % 2:
+                zeros = np.pad(zeros, ((0, 0), (0, 1)), constant_values=default)
+            zeros = _pack_nibbles(zeros)
+        names.append(index.add_initializer(f"{base}_zero_points",
+                                           np.ascontiguousarray(zeros.reshape(-1))))
     else:
         names.append("")
     return names
@@ -268,7 +283,7 @@ def pack_matmul_nbits_(proto: onnx.ModelProto, packed: list[PackedWeight], *,
         n, k = p.codes.shape[0], p.in_features
         nodes.append(onnx.helper.make_node(
             "MatMulNBits", ins, list(node.output), domain=MS_DOMAIN,
-            name=index.fresh(f"{p.module or 'linear'}_MatMulNBits"), K=k, N=n, bits=4,
+            name=index.fresh(f"{p.module or 'linear'}_MatMulNBits"), K=k, N=n, bits=p.bits,
             block_size=p.group, accuracy_level=accuracy_level))
         found.update(q.module for q in packed if np.array_equal(q.codes, p.codes)
                      and np.array_equal(q.scales, p.scales))
