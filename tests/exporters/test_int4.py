@@ -101,7 +101,6 @@ def test_8bit_rows_of_any_width_and_zero_point_export_as_matmul_nbits(tmp_path) 
     np.testing.assert_allclose(open_session(path).run(_numpy(batch)), ref, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="known open defect (issue 15): position embeddings are picked too")
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_embeddings_become_gather_block_quantized(bits: int, tmp_path) -> None:
     model = TextModel(tiny_model("bert"))

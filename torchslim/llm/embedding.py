@@ -2,11 +2,12 @@
 tensor (BERT-base: 23 M of 110 M parameters), and a float table keeps an INT8 artifact at
 twice the size it should be.
 
-``quantize_embeddings_(model)`` replaces each large ``nn.Embedding`` by an
-:class:`IntEmbedding`: symmetric int8 (or int4) codes with one scale per block of
-``block_size`` columns (a power of two dividing the width when there is one, so ONNX
-Runtime's ``GatherBlockQuantized`` takes the same layout), looked up first and scaled
-after, so only the rows a batch reads are turned back into floats. 8-bit tables export as
+``quantize_embeddings_(model)`` replaces each large token table (an ``nn.Embedding``
+looked up by the input ids; ``choose_tables`` says which, and why the others stay float:
+position and token-type tables, tied tables) by an :class:`IntEmbedding`: symmetric int8
+(or int4) codes with one scale per block of ``block_size`` columns (a power of two
+dividing the width when there is one, so ONNX Runtime's ``GatherBlockQuantized`` takes
+the same layout), looked up first and scaled after, so only the rows a batch reads are turned back into floats. 8-bit tables export as
 they compute in every writer (a ``Gather`` of the int8 table and of the scales, ``Cast``,
 ``Mul``); ``export_int4`` writes ``GatherBlockQuantized`` for 8- and 4-bit tables. The
 table costs one byte (half a byte) per value in the file and in memory.
@@ -15,6 +16,8 @@ table costs one byte (half a byte) per value in the file and in memory.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +25,7 @@ from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
 
-__all__ = ["IntEmbedding", "quantize_embeddings_", "default_block"]
+__all__ = ["IntEmbedding", "quantize_embeddings_", "choose_tables", "TableChoice", "default_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,23 +108,129 @@ class IntEmbedding(nn.Module):
                 f"block_size={self.block_size}")
 
 
-def quantize_embeddings_(model: nn.Module, *, bits: int = 8, min_rows: int = 1024,
-                         block_size: int | None = None) -> list[str]:
-    """Replace every ``nn.Embedding`` of at least ``min_rows`` rows (the word table, not
-    position or token-type tables) by a ``bits``-bit ``IntEmbedding``, in place; returns their
-    names. A table tied to an output projection (a decoder's LM head) is left float: the
-    head reads the same tensor."""
+@dataclass(frozen=True)
+class TableChoice:
+    """One ``nn.Embedding`` of a model: whether ``quantize_embeddings_`` replaces it, and why."""
+
+    name: str
+    rows: int
+    quantize: bool
+    reason: str
+
+
+def choose_tables(model: nn.Module, *, min_rows: int = 1024,
+                  example_inputs: Any = None) -> list[TableChoice]:
+    """Each ``nn.Embedding`` of ``model`` and whether it is a token table to quantize.
+
+    A token table is one whose rows are looked up by the model's integer input ids, not
+    by positions (``arange`` / ``position_ids``) or anything else the model computes.
+    With ``example_inputs`` this is observed: the table's lookup indices, on one forward,
+    equal one of the integer inputs. Without them, a module that declares its input
+    embedding (``get_input_embeddings()``, as every ``transformers`` model does) says which
+    of the tables under it is the token table; a table under no such module is left float
+    with a reason saying to pass ``example_inputs``."""
+    tables = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     heads = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    roles = (_observed(model, example_inputs, tables) if example_inputs is not None
+             else _declared(model, tables))
+    choices = []
+    for name, module in tables.items():
+        rows = module.num_embeddings
+        if type(module) is not nn.Embedding:
+            why = f"a {type(module).__name__}, not a plain nn.Embedding"
+        elif rows < min_rows:
+            why = f"{rows} rows < min_rows={min_rows}"
+        elif id(module.weight) in heads:
+            why = "tied to an output projection (the head reads the same tensor)"
+        else:
+            token, why = roles[name]
+            choices.append(TableChoice(name, rows, token, why))
+            continue
+        choices.append(TableChoice(name, rows, False, why))
+    return choices
+
+
+def _declared(model: nn.Module, tables: dict[str, nn.Embedding]) -> dict[str, tuple[bool, str]]:
+    """name -> (token table, why), from the outermost module declaring its input embedding."""
+    owners: dict[int, tuple[str, nn.Module]] = {}
+    for owner_name, owner in model.named_modules():
+        get = getattr(owner, "get_input_embeddings", None)
+        try:
+            token = get() if callable(get) else None
+        except (NotImplementedError, AttributeError):  # transformers' base class without one
+            token = None
+        if isinstance(token, nn.Module):
+            for m in owner.modules():
+                owners.setdefault(id(m), (owner_name or type(owner).__name__, token))
+    roles = {}
+    for name, module in tables.items():
+        if id(module) not in owners:
+            roles[name] = (False, "cannot tell whether the input ids index it (no module "
+                                  "declares get_input_embeddings()); pass example_inputs= to "
+                                  "observe its lookups")
+            continue
+        owner, token = owners[id(module)]
+        roles[name] = (True, f"{owner}.get_input_embeddings()") if module is token else (
+            False, f"not {owner}.get_input_embeddings(): a position / token-type table")
+    return roles
+
+
+@torch.no_grad()
+def _observed(model: nn.Module, example_inputs: Any, tables: dict[str, nn.Embedding]
+              ) -> dict[str, tuple[bool, str]]:
+    """name -> (token table, why), from the indices each table reads on one forward."""
+    from torchslim.capture.inputs import as_example_inputs
+
+    inputs = as_example_inputs(example_inputs, model=model)
+    ids = [(n, t) for n, t in inputs.tensors()
+           if not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool]
+    seen: dict[str, list[Tensor]] = {name: [] for name in tables}
+    handles = [m.register_forward_pre_hook(
+        lambda _m, args, name=name: seen[name].append(args[0].detach().clone()))
+        for name, m in tables.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        inputs.call(model)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+    def source(idx: Tensor) -> str | None:  # the integer input these indices are
+        return next((n for n, t in ids if t.numel() == idx.numel() and torch.equal(
+            t.reshape(-1).to(idx.dtype), idx.reshape(-1))), None)
+
+    roles = {}
+    for name, calls in seen.items():
+        found = next((n for n in map(source, calls) if n is not None), None)
+        if found is not None:
+            roles[name] = (True, f"looks up the input {found!r}")
+        else:
+            roles[name] = (False, "its indices are no model input (positions or other "
+                                  "computed ids)" if calls else "not called on example_inputs")
+    return roles
+
+
+def quantize_embeddings_(model: nn.Module, *, bits: int = 8, min_rows: int = 1024,
+                         block_size: int | None = None, example_inputs: Any = None) -> list[str]:
+    """Replace each token table of ``model`` (an ``nn.Embedding`` of at least ``min_rows``
+    rows looked up by the input ids, ``choose_tables``) by a ``bits``-bit ``IntEmbedding``,
+    in place; returns their names. Position and token-type tables, and a table tied to an
+    output projection (a decoder's LM head reads the same tensor), stay float; each table
+    left float is logged with its reason (``choose_tables`` returns them)."""
     done = []
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Embedding or module.num_embeddings < min_rows:
+    for choice in choose_tables(model, min_rows=min_rows, example_inputs=example_inputs):
+        if not choice.quantize:
+            logger.info("%s (%d rows): kept float: %s", choice.name, choice.rows, choice.reason)
             continue
-        if id(module.weight) in heads:
-            logger.info("%s: tied to an output projection; kept float", name)
-            continue
-        parent, _, attr = name.rpartition(".")
+        module = model.get_submodule(choice.name)
+        parent, _, attr = choice.name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr,
                 IntEmbedding.from_float(module, bits=bits, block_size=block_size))
-        done.append(name)
-    logger.info("int%d embeddings: %s", bits, ", ".join(done) or "none large enough")
+        done.append(choice.name)
+        logger.info("%s (%d rows): int%d, %s", choice.name, choice.rows, bits, choice.reason)
+    if not done:
+        logger.warning("quantize_embeddings_: no token table in %s was quantized (see the "
+                       "reasons logged above, or choose_tables(model))", type(model).__name__)
     return done
