@@ -117,6 +117,14 @@ QUANTIZE = OptionTable("quantize", (
     Option("bits", {QuantConfig: "weight.bits", DynamicQuantConfig: "bits",
                     WeightOnlyConfig: "bits"},
            help="Weight bits (2-8); activations are 8-bit."),
+    option("rounding", QuantConfig,
+           help="Weight rounding (ptq, qat): nearest, or adaround (learned up / down per "
+           "weight on the calibration images, layer by layer; worth it at 4 bits)."),
+    option("adaround_iterations", QuantConfig, field="adaround.iterations",
+           help="AdaRound: Adam steps per layer."),
+    option("adaround_reg", QuantConfig, field="adaround.reg_weight",
+           help="AdaRound: weight (lambda) of the regulariser that drives each rounding to "
+           "up or down."),
     option("calib_batches", QuantizePlan, help="Calibration batches of 32 training images."),
     option("qat_epochs", TrainConfig, field="epochs", default=1, type=int,
            help="Quantization-aware training epochs (method qat)."),
@@ -238,6 +246,7 @@ def _describe(prepared: nn.Module, plan: QuantizePlan) -> dict[str, Any]:
     return {"method": plan.method, "weight_bits": plan.bits,
             "activation_bits": None if plan.method == "weight-only" else 8,
             "observer": plan.observer,
+            "rounding": plan.config.rounding if isinstance(plan.config, QuantConfig) else None,
             "calibration_images": plan.calib_batches * CALIB_BATCH if plan.static else 0,
             "quantized_layers": list(info.quantized) if info else [],
             "float_layers": [str(x) for x in info.kept_float] if info else []}

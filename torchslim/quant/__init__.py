@@ -13,9 +13,11 @@ from torchslim.quant.affine import (QuantSpec, calc_qparams_for, compute_qparams
                                     fake_quantize, quantize_tensor, sqnr_db)
 from torchslim.quant.fake_quant import FakeQuantize, LearnableFakeQuantize
 from torchslim.quant.observers import OBSERVERS, Observer, make_observer
-from torchslim.quant.config import DynamicQuantConfig, LayerOverride, QuantConfig, WeightOnlyConfig
+from torchslim.quant.config import (AdaRoundConfig, DynamicQuantConfig, LayerOverride, QuantConfig,
+                                    WeightOnlyConfig)
 from torchslim.quant.prepare import prepare, set_fake_quant_, set_observers_
 from torchslim.quant.calibrate import bias_correct_, calibrate_
+from torchslim.quant.adaround import adaround_
 from torchslim.quant.api import qat
 from torchslim.quant.api import quantize
 from torchslim.quant.sensitivity import (LayerSensitivity, layer_sensitivity,
@@ -35,6 +37,8 @@ __all__ = [
     # ``torchslim.quantize``; the tensor ops are ``quantize_tensor`` / ``dequantize_tensor``)
     "QuantConfig", "LayerOverride", "prepare", "set_observers_", "set_fake_quant_",
     "calibrate_", "bias_correct_", "quantize", "qat",
+    # learned rounding for PTQ (QuantConfig(rounding="adaround"))
+    "AdaRoundConfig", "adaround_",
     # sensitivity and mixed precision
     "LayerSensitivity", "layer_sensitivity", "mixed_precision_config",
     # dynamic and weight-only PTQ (no calibration data)

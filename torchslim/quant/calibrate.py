@@ -57,8 +57,8 @@ def _device(model: nn.Module) -> torch.device:
 def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 32) -> nn.Module:
     """Observe ``num_batches`` batches, then freeze the qparams and switch fake quant on.
 
-    Runs bias correction afterwards when the prepared config asks for it. In place;
-    returns ``prepared`` for chaining.
+    Then, when the prepared config asks for them, AdaRound (``rounding="adaround"``, on
+    the same batches) and bias correction. In place; returns ``prepared`` for chaining.
     """
     config = quant_info(prepared).config
     was_training = prepared.training
@@ -76,6 +76,10 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     set_observers_(prepared, False)  # computes the qparams once
     set_fake_quant_(prepared, True)
     logger.info("calibrated on %d batches", seen)
+    if config.rounding == "adaround":
+        from torchslim.quant.adaround import adaround_  # it imports batches from here
+
+        adaround_(prepared, data, num_batches=num_batches)
     if config.bias_correction:
         bias_correct_(prepared, data, num_batches=num_batches)
     prepared.train(was_training)

@@ -3,8 +3,9 @@
 ``torchslim.quantize(model, config)`` dispatches on the config's type:
 
 * ``QuantConfig``: static (calibrated) PTQ, and QAT (``torchslim.qat``): global weight /
-  activation specs, per-layer overrides (exact name or regex), a skip list and a policy for
-  the first and last quantizable layers. ``resolve_layers`` turns it into
+  activation specs, per-layer overrides (exact name or regex), a skip list, a policy for
+  the first and last quantizable layers and how weights round (``rounding``; AdaRound's
+  settings in ``AdaRoundConfig``). ``resolve_layers`` turns it into
   ``{layer name: LayerPlan}`` for one model, and is where a name that matches no layer is
   reported (the config alone cannot know the model);
 * ``DynamicQuantConfig``: int8 weights, activations quantized at run time;
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +29,9 @@ from torchslim.quant.affine import QuantSpec
 from torchslim.quant.observers import OBSERVERS, make_observer
 from torchslim.quant.reduce_range import check_reduce_range, reduced_weight
 
-__all__ = ["QuantConfig", "DynamicQuantConfig", "WeightOnlyConfig", "LayerOverride", "LayerPlan",
-           "LAYER_POLICIES", "DYNAMIC_LAYERS", "DEFAULT_WEIGHT", "DEFAULT_ACTIVATION",
-           "resolve_layers", "matches", "check_names", "check_skip", "weight_only_spec"]
+__all__ = ["QuantConfig", "AdaRoundConfig", "DynamicQuantConfig", "WeightOnlyConfig",
+           "LayerOverride", "LayerPlan", "LAYER_POLICIES", "ROUNDINGS", "DYNAMIC_LAYERS",
+           "DEFAULT_WEIGHT", "DEFAULT_ACTIVATION", "resolve_layers", "matches", "check_names", "check_skip", "weight_only_spec"]
 
 # s8 symmetric per output channel: what ONNX Runtime's integer conv and TensorRT expect.
 DEFAULT_WEIGHT = QuantSpec(bits=8, signed=True, symmetric=True, granularity="per_channel", axis=0)
@@ -37,6 +39,9 @@ DEFAULT_WEIGHT = QuantSpec(bits=8, signed=True, symmetric=True, granularity="per
 # weights, and post-ReLU activations use the whole unsigned range.
 DEFAULT_ACTIVATION = QuantSpec(bits=8, signed=False, symmetric=False, granularity="per_tensor")
 LAYER_POLICIES = ("quantize", "float", "8bit")
+# how static PTQ rounds weights onto the observer's grid: to nearest, or AdaRound's learned
+# up / down choice per weight (torchslim.quant.adaround)
+ROUNDINGS = ("nearest", "adaround")
 # layer kinds dynamic quantization handles, by the name its config uses
 DYNAMIC_LAYERS: dict[str, type[nn.Module]] = {"linear": nn.Linear, "lstm": nn.LSTM}
 
@@ -85,6 +90,41 @@ class LayerPlan:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdaRoundConfig:
+    """AdaRound's optimisation, per layer (Nagel et al. 2020; ``quant/adaround.py``)."""
+
+    iterations: int = 1000        # Adam steps per layer (the paper: 10k; 1k holds our bars)
+    reg_weight: float = 0.01      # lambda of the rounding regulariser
+    beta_start: float = 20.0      # the regulariser's beta, annealed linearly after warm-up:
+    beta_end: float = 2.0         # a large beta leaves h free, a small one pushes it to 0 / 1
+    warmup: float = 0.2           # share of the steps without the regulariser
+    lr: float = 1e-3              # Adam on V
+    batch_size: int = 32          # calibration samples per step
+    seed: int = 0                 # which samples each step draws
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "seed"):
+            value = getattr(self, name)
+            low = 0 if name == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"adaround {name}={value!r} must be an integer >= {low}")
+        for name in ("reg_weight", "beta_start", "beta_end", "lr"):
+            value = getattr(self, name)
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0 or (value == 0 and name != "reg_weight")
+            if bad:
+                which = ">= 0" if name == "reg_weight" else "> 0"
+                raise ConfigError(f"adaround {name}={value!r} must be a finite number {which}")
+        if self.beta_end > self.beta_start:
+            raise ConfigError(f"adaround beta_end={self.beta_end} exceeds beta_start="
+                              f"{self.beta_start}; beta anneals down (e.g. 20 -> 2)")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) \
+                or not 0.0 <= self.warmup < 1.0:
+            raise ConfigError(f"adaround warmup={self.warmup!r} must be a fraction in [0, 1) "
+                              "of the iterations")
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuantConfig:
     """Static quantization settings; ``prepare`` checks the layer names against the model."""
 
@@ -105,9 +145,13 @@ class QuantConfig:
                                           # (not kept float on purpose) that must be INT8
     capture: str = "auto"                 # graph capture: auto (torch.export, then fx,
                                           # then per submodule), export or fx
+    rounding: str = "nearest"             # weights to nearest, or "adaround": learned up /
+                                          # down per weight on calibration data (PTQ at 4 bits)
+    adaround: AdaRoundConfig = AdaRoundConfig()  # its settings (rounding="adaround" only)
 
     def __post_init__(self) -> None:
         check_reduce_range(self.reduce_range)
+        _check_rounding(self.rounding, self.adaround)
         if isinstance(self.min_coverage, bool) or not isinstance(self.min_coverage, (int, float)) \
                 or not 0.0 <= self.min_coverage <= 1.0:
             raise ConfigError(f"min_coverage={self.min_coverage!r} must be a fraction in [0, 1] "
@@ -168,6 +212,8 @@ class QuantConfig:
         weight = _spec(kwargs.get("weight"), DEFAULT_WEIGHT, "weight")
         activation = _spec(kwargs.get("activation"), DEFAULT_ACTIVATION, "activation")
         kwargs.update(weight=weight, activation=activation)
+        if isinstance(kwargs.get("adaround"), Mapping):
+            kwargs["adaround"] = _adaround(kwargs["adaround"])
         kwargs["overrides"] = {k: _override(k, v, weight, activation)
                                for k, v in dict(kwargs.get("overrides") or {}).items()}
         skip = kwargs.get("skip") or ()
@@ -250,6 +296,24 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     for pattern in names:
         _compile(pattern)
     return names
+
+
+def _check_rounding(rounding: Any, adaround: Any) -> None:
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"rounding={rounding!r} must be one of {', '.join(ROUNDINGS)}")
+    if not isinstance(adaround, AdaRoundConfig):
+        raise ConfigError(f"adaround={adaround!r} must be an AdaRoundConfig")
+    if rounding != "adaround" and adaround != AdaRoundConfig():
+        raise ConfigError(f"{adaround} sets AdaRound, which runs only with "
+                          f"rounding='adaround', not {rounding!r}")
+
+
+def _adaround(value: Mapping[str, Any]) -> AdaRoundConfig:
+    fields = {f.name for f in dataclasses.fields(AdaRoundConfig)}
+    bad = sorted(set(value) - fields)
+    if bad:
+        raise ConfigError(f"adaround: unknown keys {bad}; known: {sorted(fields)}")
+    return AdaRoundConfig(**value)
 
 
 def _check_activation(spec: QuantSpec, where: str) -> None:

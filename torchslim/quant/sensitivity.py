@@ -26,7 +26,7 @@ from torchslim._registry import Registry
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import sqnr_db
 from torchslim.quant.api import quantize
-from torchslim.quant.config import LayerOverride, QuantConfig
+from torchslim.quant.config import AdaRoundConfig, LayerOverride, QuantConfig
 from torchslim.quant.prepare import fake_quantizers, quant_info, set_fake_quant_
 
 __all__ = ["LayerSensitivity", "layer_sensitivity", "mixed_precision_config", "weight_bytes",
@@ -87,8 +87,11 @@ def layer_sensitivity(model: nn.Module, config: QuantConfig = QuantConfig(), *,
     of ``data`` (``(x, y)`` batches). Layers the config keeps in float are not listed.
     """
     score = METRICS.get(metric)
-    prepared = quantize(model, dataclasses.replace(config, bias_correction=False),
-                        calibration=calibration, num_batches=num_batches)
+    # nearest rounding and the float bias: with fake quantization off, the "float"
+    # reference must be the float model (AdaRound and bias correction change the weights)
+    plain = dataclasses.replace(config, bias_correction=False, rounding="nearest",
+                                adaround=AdaRoundConfig())
+    prepared = quantize(model, plain, calibration=calibration, num_batches=num_batches)
     prepared.eval()
     evals = _eval_batches(data, num_batches)
     info = quant_info(prepared)
