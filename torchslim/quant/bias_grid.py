@@ -178,7 +178,8 @@ class _GridTracker(TorchFunctionMode):
 def link_input_quantizers_(model: nn.Module, example_inputs: Any) -> dict[str, str]:
     """Link each ``GridBias`` layer of ``model`` to the activation quantizer its input comes
     from, found by one forward pass on ``example_inputs`` (a tensor, tuple or dict) in
-    eval mode with the observers paused; returns ``{layer: quantizer}``. A layer with a
+    eval mode with the observers and fake quantization paused (the links do not depend on
+    the values, and an uncalibrated quantizer has no grid yet); returns ``{layer: quantizer}``. A layer with a
     float input, or called on inputs from several quantizers, keeps (or gets) no link."""
     inputs = as_example_inputs(example_inputs, model=model)
     names = {m: n for n, m in model.named_modules()}
@@ -196,13 +197,15 @@ def link_input_quantizers_(model: nn.Module, example_inputs: Any) -> dict[str, s
         seen[id(module)].add(tracker.source(args[0]) if args else None)
 
     modes = {m: m.training for m in names}
-    observing = {m: m.observer_enabled for m in quantizers if isinstance(m, FakeQuantize)}
+    observing = {m: (m.observer_enabled, m.fake_quant_enabled) for m in quantizers
+                 if isinstance(m, FakeQuantize)}
     handles = [q.register_forward_hook(after_quantizer) for q in quantizers]
     handles += [m.register_forward_pre_hook(before_layer) for m in layers]  # type: ignore[attr-defined]
     try:
         model.eval()
         for m in observing:
             m.observer_enabled = False  # the example batch must not move any grid
+            m.fake_quant_enabled = False
         with tracker:
             inputs.call(model)
     finally:
@@ -210,8 +213,8 @@ def link_input_quantizers_(model: nn.Module, example_inputs: Any) -> dict[str, s
             h.remove()
         for m, training in modes.items():
             m.training = training
-        for m, on in observing.items():
-            m.observer_enabled = on
+        for m, (observe, fake) in observing.items():
+            m.observer_enabled, m.fake_quant_enabled = observe, fake
     by_name = {n: m for m, n in names.items()}
     links = {}
     for layer in layers:
