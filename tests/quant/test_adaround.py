@@ -6,6 +6,10 @@ and exports exactly the integers the torch model computes with."""
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +66,16 @@ def net() -> nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def images() -> list[torch.Tensor]:
+def smooth_images() -> list[torch.Tensor]:
     """Four batches of smooth 8x8 images (neighbouring pixels correlated, as in photos)."""
     gen = torch.Generator().manual_seed(1)
     return [F.interpolate(torch.randn(32, 1, 4, 4, generator=gen), size=(8, 8),
                           mode="bilinear") for _ in range(4)]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[torch.Tensor]:
+    return smooth_images()
 
 
 def frozen_layer(bits: int = 4) -> tuple[nn.Module, nn.Conv2d]:
@@ -279,3 +287,38 @@ def test_nearest_rounding_the_default_runs_no_adaround(images: list[torch.Tensor
     prepared = quantize(net(), QuantConfig(weight=DEFAULT_WEIGHT), images, num_batches=2)
     fq = prepared.conv1.weight_fake_quant
     assert not torch.equal(fq(prepared.conv1.weight), prepared.conv1.weight)
+
+
+def test_every_rank_keeps_the_same_rounding_under_torchrun(tmp_path: Path,
+                                                           images: list[torch.Tensor]) -> None:
+    """2 gloo ranks, each calibrating on its half of every batch: V's gradient is averaged
+    over the ranks, so both end with the same integers (without it they differ)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "TORCHSLIM_PROGRESS": "0"}
+    procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path / f"rank{r}.pt")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out.decode()[-2000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0.keys() == r1.keys() == {"conv1", "conv2", "fc"}
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    nearest = nearest_weights(net(), images)
+    assert any(not torch.equal(nearest[k], r0[k]) for k in r0)
+
+
+def _rank_main(out: str) -> None:
+    """One rank of the test above: AdaRound PTQ of ``net()`` on the shared batches."""
+    config = QuantConfig(weight=W4, rounding="adaround", adaround=AdaRoundConfig(iterations=100))
+    prepared = quantize(net(), config, smooth_images(), num_batches=4)
+    torch.save({n: prepared.get_submodule(n).weight.detach() for n in ("conv1", "conv2", "fc")},
+               out)
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1])
