@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim._commands._app import (BatchSizes, Threads, app, command, out_console,
-                                      parse_sizes, setup_logging, state)
+from torchslim._commands._app import (BatchSizes, MaxRestarts, Nproc, Threads, app, command,
+                                      out_console, parse_sizes, setup_logging, state)
 from torchslim._commands._options import with_options
 from torchslim.errors import ConfigError
 from torchslim.pipeline.quantize import QUANTIZE
@@ -51,7 +51,8 @@ def train(model: Annotated[str, typer.Option(help="Zoo model name, e.g. resnet20
           out: Annotated[Path, typer.Option(help="Directory for the checkpoint.")] = Path("runs/train"),
           data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
           resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT, even with changed settings (e.g. more epochs).")] = False,
-          overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the run in OUT and start again.")] = False) -> None:
+          overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard the run in OUT and start again.")] = False,
+          nproc: Nproc = 1, max_restarts: MaxRestarts = 0) -> None:
     """Train a zoo model; resumes from OUT/state after an interruption (the same settings),
     refuses an OUT that holds a run with other settings unless --resume or --overwrite."""
     import dataclasses
@@ -134,7 +135,8 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
              sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Add the per-layer sensitivity table to the report.")] = False,
              threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
              out: Annotated[Path, typer.Option(help="Directory for the artifact and report.")] = Path("runs/quantize"),
-             data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+             data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+             nproc: Nproc = 1, max_restarts: MaxRestarts = 0) -> None:
     """Quantize a checkpoint to an INT8 artifact and measure it on the chosen runtime."""
     from torchslim.pipeline.quantize import QuantizeJob, run_quantize
     from torchslim.report import print_table

@@ -314,6 +314,39 @@ def test_relaunch_starts_torchrun_without_its_own_option(monkeypatch: pytest.Mon
         distributed.launch([], 0)
 
 
+@pytest.mark.parametrize("command", [
+    ["train", "--epochs", "1"],
+    ["quantize", "m.safetensors", "--method", "qat"],
+    ["distill", "--teacher", "m.safetensors"],
+    ["run", "recipe.yaml"],
+])
+def test_nproc_on_a_command_relaunches_it_under_torchrun_before_taking_its_output(
+        command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from torchslim.cli import app
+
+    calls: list[list[str]] = []
+
+    class Done:
+        returncode = 5
+
+    monkeypatch.setattr(distributed.subprocess, "run",
+                        lambda cmd, check: (calls.append(cmd), Done())[1])
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "out"
+    args = [*command, "--nproc", "2", "--max-restarts", "1"]
+    args += [] if command[0] == "run" else ["--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["torchslim", *args])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 5, result.output      # torchrun's exit code
+    assert calls[0][1:6] == ["-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node=2", "--max-restarts=1"]
+    assert calls[0][6:9] == ["-m", "torchslim", command[0]] and "--nproc" not in calls[0]
+    assert not out.exists()   # the workers take the output's lock, not this process
+
+
 # ------------------------------------------------------------------ torchrun itself
 _KILLED = '''
 import hashlib, os, signal
@@ -384,8 +417,14 @@ def _torchrun_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_torchrun_runs_train_distill_and_quantize_qat(tmp_path: Path) -> None:
-    done = _torchrun_cli("train", "--model", "resnet8", "--width", "8", "--dataset", "digits",
-                         "--batch-size", "64", "--epochs", "1", "--out", str(tmp_path / "t"))
+    # `--nproc 2` starts torchrun itself; distill and quantize are started by torchrun
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHSLIM_PROGRESS": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torchslim", "--quiet", "train", "--model", "resnet8", "--width",
+         "8", "--dataset", "digits", "--batch-size", "64", "--epochs", "1", "--out",
+         str(tmp_path / "t"), "--threads", "1", "--nproc", "2"],
+        env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     teacher = tmp_path / "t" / "resnet8.safetensors"
     assert teacher.is_file() and any((tmp_path / "t" / "state").iterdir())
     assert done.stdout.count("test top-1") == 2  # each rank ran the command to its end

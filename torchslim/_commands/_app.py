@@ -19,7 +19,7 @@ from torchslim import _io
 from torchslim.errors import ConfigError, TorchslimError
 
 __all__ = ["app", "command", "out_console", "err_console", "state", "one_line", "print_error",
-           "Threads",
+           "Threads", "Nproc", "MaxRestarts",
            "BatchSizes", "parse_sizes", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,6 +62,9 @@ state: dict[str, Any] = {"debug": False}
 
 Threads = Annotated[int, typer.Option(min=1, help="CPU threads for torch and ONNX Runtime.")]
 BatchSizes = Annotated[str, typer.Option(help="Comma-separated batch sizes for latency.")]
+# read by ``command``'s wrapper, before the output is locked; the commands only declare them
+Nproc = Annotated[int, typer.Option(min=1, help="Data-parallel processes on this machine: starts `torchrun --standalone` with N workers running this same command (1: this process only).")]
+MaxRestarts = Annotated[int, typer.Option(min=0, help="With --nproc: times torchrun restarts the workers after one fails (they resume from the last checkpoint).")]
 
 
 def command(name: str | None = None, *, on: typer.Typer | None = None, group: str = "",
@@ -79,6 +82,7 @@ def command(name: str | None = None, *, on: typer.Typer | None = None, group: st
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            _relaunch_under_torchrun(kwargs)
             try:
                 if writes is None:
                     return fn(*args, **kwargs)
@@ -100,6 +104,26 @@ def command(name: str | None = None, *, on: typer.Typer | None = None, group: st
         return fn
 
     return decorator
+
+
+def _relaunch_under_torchrun(kwargs: dict[str, Any]) -> None:
+    """``--nproc N`` (N > 1) outside torchrun: run this command line again in N workers under
+    ``torchrun --standalone`` and exit with its code. Inside torchrun the option is moot:
+    the job's own ``--nproc-per-node`` decides, and a different N is said."""
+    nproc = kwargs.get("nproc", 1)
+    if nproc == 1:
+        return
+    from torchslim.train.distributed import relaunch
+    from torchslim.train.world import under_torchrun
+
+    if not under_torchrun():
+        raise typer.Exit(relaunch(nproc, max_restarts=kwargs.get("max_restarts", 0)))
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != nproc:
+        logging.getLogger("torchslim").warning(
+            "--nproc %d ignored: already running under torchrun with %d processes", nproc, world)
 
 
 def _fail(e: BaseException, message: str | None = None) -> None:

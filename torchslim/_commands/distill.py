@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim._commands._app import BatchSizes, Threads, command, out_console, parse_sizes
+from torchslim._commands._app import (BatchSizes, MaxRestarts, Nproc, Threads, command,
+                                      out_console, parse_sizes)
 from torchslim._commands._options import with_options
 from torchslim.pipeline.distill import DISTILL
 
@@ -18,7 +19,8 @@ def distill_cmd(teacher: Annotated[Path, typer.Option(help="Teacher checkpoint (
                 *, options: dict[str, Any], threads: Threads = 2,
                 batch_sizes: BatchSizes = "1,32",
                 out: Annotated[Path, typer.Option(help="Directory for the student and the report.")] = Path("runs/distill"),
-                data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None) -> None:
+                data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
+                nproc: Nproc = 1, max_restarts: MaxRestarts = 0) -> None:
     """Distil a teacher checkpoint into a smaller student; report teacher vs student."""
     import dataclasses
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from torchslim._commands._app import command, out_console
+from torchslim._commands._app import MaxRestarts, Nproc, command, out_console
 
 RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or a built-in recipe's name "
                                                "(fashion_mnist, ptq_only, torchvision_custom_data).")]
@@ -20,7 +20,8 @@ def run_cmd(recipe: RecipeArg,
             overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again in an output that holds a run.")] = False,
             output: Output = None,
             publish: Annotated[Optional[str], typer.Option(help="Push the run's chain (baseline, kept stages, shipped artifact) to the registry under this model name when the budget is met.")] = None,
-            registry: Annotated[Optional[Path], typer.Option(help="Registry directory for --publish (default: $TORCHSLIM_REGISTRY or the torchslim cache).")] = None) -> None:
+            registry: Annotated[Optional[Path], typer.Option(help="Registry directory for --publish (default: $TORCHSLIM_REGISTRY or the torchslim cache).")] = None,
+            nproc: Nproc = 1, max_restarts: MaxRestarts = 0) -> None:
     """Run a recipe: stages in order under the accuracy budget, then ship and report.
     Exit code 0 when the budget is met, 1 when it is not, 2 on errors. With
     --publish NAME the chain is pushed to the registry (only when the budget is met)
