@@ -41,7 +41,9 @@ def with_padding(tokenizer: Any) -> Any:
     if fallback is None:
         raise ConfigError(f"{type(tokenizer).__name__} has no pad, end-of-sequence or unknown "
                           "token to pad batches with; set tokenizer.pad_token first")
-    padded = copy.copy(tokenizer)
+    # a deep copy: a shallow one shares transformers 5's special-token map, so setting
+    # its pad token set the caller's too
+    padded = copy.deepcopy(tokenizer)
     padded.pad_token = fallback
     return padded
 
@@ -129,6 +131,7 @@ def text_batches(tokenizer: Any, texts: Sequence[str], *, model: nn.Module | Non
         raise ConfigError(f"batch_size={batch_size} and max_length={max_length} must be >= 1 "
                           "and >= 2")
     names = _names(model)
+    tokenizer = with_padding(tokenizer)  # copied once, not once per batch
     batches, labels = [], []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
