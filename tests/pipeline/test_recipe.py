@@ -45,7 +45,8 @@ def test_a_good_recipe_loads_with_its_attempts_in_order() -> None:
     ("target_macs: 0.5", "target_macs: half", 9, ("stages[1].target_macs", "valid number", "'half'")),
     ("method: ptq", "method: int4", 14, ("stages[2].method", "'ptq' or 'qat'", "'int4'")),
     ("kind: prune", "kind: prun", 8, ("stages[1].kind", "unknown stage 'prun'",
-                                      "allowed: distill, export, finetune, prune, quantize",
+                                      "allowed: distill, distill_embeddings, export, "
+                                      "finetune, prune, quantize",
                                       "did you mean 'prune'")),
     ("epochs: 1", "epochs: [1", 8, ("invalid YAML",)),
     ("model: resnet8", "model: nopkg models:build", 2, ("model", "package.module:function")),
@@ -137,7 +138,7 @@ def test_budget_takes_the_tighter_of_absolute_and_relative() -> None:
 
 def test_every_stage_schema_has_a_runner() -> None:
     assert STAGE_SCHEMAS.names() == STAGES.names() == [
-        "distill", "export", "finetune", "prune", "quantize"]
+        "distill", "distill_embeddings", "export", "finetune", "prune", "quantize"]
 
 
 def test_builtin_recipes_load(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ stages:
     ("kind: prune", "kind: prune: x", (":4: invalid YAML", "mapping values")),   # bad YAML
     ("method: ptq", "method: [ptq", (":8: invalid YAML", "flow sequence from line 7")),
     ("kind: prune", "kind: sparsify", (":4: stages[0].kind: unknown stage 'sparsify'",
-                                       "allowed: distill, export")),              # unknown stage
+                                       "allowed: distill, distill_embeddings, export")),  # unknown stage
     ("target_macs: 0.5", "target_macs: half", (":5: stages[0].target_macs:",
                                                "valid number")),                  # wrong type
     ("model: resnet8", "model: mylab.models:student", (":1: model: entry point",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -80,10 +80,11 @@ def distill_chain(teacher: nn.Module, chain: Sequence[nn.Module],
     return trained
 
 
-def _probe(val: Iterable[Any] | None, train: Iterable[Any]) -> Tensor:
-    """A few real inputs, to learn the shapes of hinted layers."""
+def _probe(val: Iterable[Any] | None, train: Iterable[Any]) -> Tensor | dict[str, Tensor]:
+    """A few real inputs, to learn the shapes of hinted layers (a dict of token tensors
+    for a text model)."""
     x = next(iter(val if val is not None else train))[0]
-    return x[:4]
+    return {k: v[:4] for k, v in x.items()} if isinstance(x, Mapping) else x[:4]
 
 
 def _jsonable(value: Any) -> Any:

@@ -3,14 +3,15 @@ learns (``DistillPlan``); ``DISTILL`` is the one table of their options."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from torchslim.distillation import DistillConfig, StudentConfig
+from torchslim.distillation import DistillConfig, EmbeddingDistillConfig, StudentConfig
 from torchslim.pipeline.options import OptionTable, option
 from torchslim.train import TrainConfig
 
-__all__ = ["DISTILL", "DistillPlan"]
+__all__ = ["DISTILL", "DISTILL_EMBEDDINGS", "DistillPlan"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,3 +53,24 @@ DISTILL = OptionTable("distill", (
            help="Run the teacher once (turns off flip augmentation)."),
     option("seed", TrainConfig, recipe=False),
 ), build=_distill_plan)
+
+
+def _embedding_plan(table: OptionTable, v: dict[str, Any]) -> EmbeddingDistillConfig:
+    base = EmbeddingDistillConfig()   # its schedule (AdamW) is the base, not TrainConfig()'s
+    train = dataclasses.replace(base.train, **table.kwargs(TrainConfig, v))
+    return EmbeddingDistillConfig(**table.kwargs(EmbeddingDistillConfig, v), train=train)
+
+
+_TEXT_TRAIN = EmbeddingDistillConfig().train
+# a recipe's distill_embeddings stage (transformers): the current model, e.g. head-pruned,
+# learns the teacher's pooled embeddings on the data's text batches
+DISTILL_EMBEDDINGS = OptionTable("distill_embeddings", (
+    option("loss", EmbeddingDistillConfig, help="cosine, mse or cosine+mse on pooled outputs."),
+    option("pooling", EmbeddingDistillConfig, help="mean (over the mask), cls or last."),
+    option("hidden_states", EmbeddingDistillConfig, type=bool, default=False,
+           help="Also match hidden states (uniform layer map, projections where widths differ)."),
+    option("hidden_weight", EmbeddingDistillConfig),
+    option("epochs", TrainConfig, default=_TEXT_TRAIN.epochs),
+    option("lr", TrainConfig, default=_TEXT_TRAIN.lr),
+    option("max_steps_per_epoch", TrainConfig, flag=None),
+), build=_embedding_plan)

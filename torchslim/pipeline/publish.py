@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 # How each stage kind makes its artifact from the one before (the manifest's relation).
 # An export stage changes nothing: its artifact is the previous one, shipped as the final.
-RELATION = {"baseline": "trained", "distill": "distilled", "prune": "pruned",
-            "finetune": "finetuned", "quantize": "quantized", "export": "exported"}
+RELATION = {"baseline": "trained", "distill": "distilled", "distill_embeddings": "distilled",
+            "prune": "pruned", "finetune": "finetuned", "quantize": "quantized",
+            "export": "exported"}
 
 _missing = sorted(set(STAGES.names()) - set(RELATION))
 if _missing:  # a new stage kind needs its relation here, caught at import

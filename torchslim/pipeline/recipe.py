@@ -39,7 +39,7 @@ from torchslim.errors import ConfigError
 from torchslim.evaluation.robustness.config import RobustnessConfig, RobustnessLimits
 from torchslim.pipeline import recipe_errors as errs
 from torchslim.pipeline.entry_points import entry_point_syntax, plain_name, resolve_entry_point
-from torchslim.pipeline.distill import DISTILL
+from torchslim.pipeline.distill import DISTILL, DISTILL_EMBEDDINGS
 from torchslim.pipeline.options import OptionTable
 from torchslim.pipeline.prune import PRUNE
 from torchslim.pipeline.quantize import QUANTIZE
@@ -253,6 +253,9 @@ QuantizeOptions = _stage(
     keep_sensitive=(int, Field(0, ge=0)))           # also keep the N most sensitive in float
 FinetuneOptions = _stage("finetune", FINETUNE,
                          "Plain fine-tuning with hard labels (e.g. to recover after pruning).")
+DistillEmbeddingsOptions = _stage("distill_embeddings", DISTILL_EMBEDDINGS,
+                                  "A transformer distilled on the teacher's pooled embeddings "
+                                  "of the data's text batches; see ``DISTILL_EMBEDDINGS``.")
 
 
 class ExportOptions(StageOptions):
@@ -274,7 +277,8 @@ class ExportOptions(StageOptions):
 
 
 STAGE_SCHEMAS: Registry[type[StageOptions]] = Registry("stage")
-for _cls in (DistillOptions, PruneOptions, QuantizeOptions, FinetuneOptions, ExportOptions):
+for _cls in (DistillOptions, PruneOptions, QuantizeOptions, FinetuneOptions,
+             DistillEmbeddingsOptions, ExportOptions):
     STAGE_SCHEMAS.add(_cls.model_fields["kind"].default, _cls)
 
 

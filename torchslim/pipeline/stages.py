@@ -105,6 +105,33 @@ def _distill(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
     return _float_state(trained, ctx, out, {"history": list(done.history) if done else []})
 
 
+@STAGES.register("distill_embeddings")
+def _distill_embeddings(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
+    """The current transformer (e.g. head-pruned) learns the recipe teacher's pooled
+    embeddings on the data's text batches (``TextBatches``: train, and val held out); the
+    artifact takes token tensors, with dynamic batch and sequence."""
+    from torchslim.distillation import distill_embeddings
+    from torchslim.transformers import dynamic_dims, unwrap
+
+    widths = [getattr(getattr(unwrap(m), "config", None), "hidden_size", None)
+              for m in (state.model, ctx.teacher)]
+    if widths[0] != widths[1]:
+        raise ConfigError(f"distill_embeddings: the model's width {widths[0]} is not the "
+                          f"teacher's {widths[1]}: its embeddings would need a projection the "
+                          "next stages do not see; call torchslim.distillation."
+                          "distill_embeddings directly")
+    config = opts.plan()
+    config = dataclasses.replace(config, train=_train(config.train, ctx))
+    result = distill_embeddings(ctx.teacher, state.model, ctx.data.train,
+                                val_texts=ctx.data.val, config=config)
+    example = next(iter(ctx.data.val))[0]
+    path = export_onnx(result.embedder.eval(), out / ARTIFACT, example_inputs=example,
+                       dynamic_dims=dynamic_dims(example))
+    return State(model=result.student.eval(), artifact=path, record={
+        "history": list(result.history), "val_cosine": result.val_cosine,
+        "val_cosine_centered": result.val_cosine_centered})
+
+
 @STAGES.register("prune")
 def _prune(state: State, opts: Any, ctx: StageContext, out: Path) -> State:
     model = copy.deepcopy(state.model)
