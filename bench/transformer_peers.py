@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import copy
 import importlib.util
-import inspect
 import logging
 import statistics
 import sys
@@ -89,6 +88,7 @@ class Context:
     workdir: Path
     threads: int
     kd_epochs: int
+    kd_texts: list[str]              # distillation text: train_texts + --kd-text lines
     mac_seq: int                     # tokens per sentence the MAC counts are taken at
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> row extras
 
@@ -280,20 +280,6 @@ class Skipped(Exception):
     """A row whose library parts do not exist yet: its error says 'skipped: why'."""
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], options: list[tuple[tuple[str, ...], Any]]
-          ) -> Any:
-    """``fn(*args, **kw)`` with each option passed under the first of its names that
-    ``fn`` takes (the pruning and distillation APIs are being written: their exact
-    keyword names are not fixed yet)."""
-    params = inspect.signature(fn).parameters
-    kwargs = {}
-    for names, value in options:
-        name = next((n for n in names if n in params), None)
-        if name is not None:
-            kwargs[name] = value
-    return fn(*args, **kwargs)
-
-
 def head_pruned_kd(ctx: Context) -> dict[str, Any]:
     """Half the heads and half the MLP channels of every layer removed by importance
     (``prune_heads_``, activation importance on the calibration sentences), then the
@@ -309,10 +295,9 @@ def head_pruned_kd(ctx: Context) -> dict[str, Any]:
     pruned = prune_heads_(student, HeadPruneConfig(heads=0.5, mlp=0.5), data=ctx.calib,
                           example_inputs=ctx.example)
     prune_s = time.perf_counter() - t0
-    distilled = _call(distill_embeddings, (student, ctx.model), [
-        (("texts", "text", "data", "train_texts", "corpus"), ctx.train_texts),
-        (("tokenizer",), ctx.tokenizer), (("epochs",), ctx.kd_epochs)])
-    student = distilled if isinstance(distilled, nn.Module) else student
+    kd = distill_embeddings(ctx.model, student, ctx.kd_texts, tokenizer=ctx.tokenizer,
+                            epochs=ctx.kd_epochs, threads=ctx.threads, seed=0)
+    student = kd.student
     student = (student if isinstance(student, TextModel)
                else TextModel(student, output="embedding", pooling="mean", normalize=True)).eval()
     from torchslim.exporters import export_onnx
@@ -322,11 +307,17 @@ def head_pruned_kd(ctx: Context) -> dict[str, Any]:
     ctx.extras[HEAD_PRUNED] = {"student_macs": attention_mlp_macs(student, ctx.mac_seq),
                                "prune_seconds": round(prune_s, 2),
                                "prune_heads_mac_ratio": round(pruned.mac_ratio(ctx.mac_seq), 4),
-                               "param_ratio": round(pruned.param_ratio, 4)}
+                               "param_ratio": round(pruned.param_ratio, 4),
+                               "kd": {"n_train": kd.n_train, "n_val": kd.n_val,
+                                      "val_cosine_before": round(kd.val_cosine_before, 4),
+                                      "val_cosine": round(kd.val_cosine, 4),
+                                      "val_cosine_centered": round(kd.val_cosine_centered, 4),
+                                      "loss_curve": [round(x, 5) for x in kd.loss_curve]}}
     return {"onnxruntime": ctx.ort(path), "bytes": file_bytes(path),
             "note": f"prune_heads_(HeadPruneConfig(heads=0.5, mlp=0.5), data=calibration) + "
-                    f"distill_embeddings ({ctx.kd_epochs} epochs on {len(ctx.train_texts)} "
-                    "sentences); fp32 ONNX"}
+                    f"distill_embeddings (cosine on mean-pooled embeddings, {ctx.kd_epochs} "
+                    f"epochs, AdamW one-cycle; {kd.n_train} training / {kd.n_val} validation "
+                    "sentences, none of the held-out ones); fp32 ONNX"}
 
 
 # ---------------------------------------------------------------- rows: peers
@@ -525,6 +516,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed calls per visit, median taken (default 3; quick 1)")
     p.add_argument("--kd-epochs", type=int, default=None,
                    help="distillation epochs of the head-pruned student (default 20; quick 1)")
+    p.add_argument("--kd-text", type=Path, default=None,
+                   help="a UTF-8 file of more plain text for the distillation only (one text "
+                        "per line, blank lines skipped); default: the 95 training sentences")
     p.add_argument("--noise", type=float, default=0.05,
                    help="speed tolerance of the 'no slower than the fastest peer' bar")
     p.add_argument("--workdir", type=Path, default=None,
@@ -539,6 +533,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.calls = args.calls or (1 if args.quick else 3)
     args.kd_epochs = args.kd_epochs or (1 if args.quick else 20)
     return args
+
+
+def extra_kd_text(path: Path | None) -> list[str]:
+    """The lines of ``--kd-text`` (none of the held-out sentences may be among them)."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise SystemExit(f"error: --kd-text {path} is not a file; pass a UTF-8 text file")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    held_out = {x for pair in EVAL_PAIRS for x in pair}
+    leaked = sorted(held_out.intersection(lines))
+    if leaked:
+        raise SystemExit(f"error: --kd-text holds {len(leaked)} held-out sentences (e.g. "
+                         f"{leaked[0]!r}); remove them, they are what the row is scored on")
+    return [line for line in lines if line]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
                       calib=calib, train_texts=train,
                       eval_batches=[numpy_batch(b) for b in evals.batches], n_pairs=len(pairs),
                       workdir=args.workdir or Path(tmp), threads=args.threads,
-                      kd_epochs=args.kd_epochs, mac_seq=round(sum(tokens) / len(held_out)))
+                      kd_epochs=args.kd_epochs, kd_texts=train + extra_kd_text(args.kd_text),
+                      mac_seq=round(sum(tokens) / len(held_out)))
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         candidates = []
         for method, runtimes, fn in METHODS:
@@ -597,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         "ms": "per batch: a timed call runs every batch of its set, divided by their number",
         "speedup": "ORT FP32 time / row time, median of the per-round ratios of one loop",
         "ort_pre_process": ctx.extras.get("_ort_pre", {}).get("note"),
-        "versions": _versions(), "kd_epochs": args.kd_epochs, "noise": args.noise}
+        "versions": _versions(), "kd_epochs": args.kd_epochs,
+        "kd_texts": {"count": len(ctx.kd_texts),
+                     "extra_file": None if args.kd_text is None else str(args.kd_text)},
+        "noise": args.noise}
     write_results(args.out, "transformer_peers", args.threads, rows, bars=bars,
                   settings=settings)
     print_table(rows, bars, f"transformer_peers: {name} ({args.threads} threads; speed-up "

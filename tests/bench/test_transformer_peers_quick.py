@@ -30,16 +30,21 @@ def _head_pruning_exists() -> bool:
 @pytest.mark.slow
 def test_quick_bench_runs_every_row_and_writes_the_json(tmp_path: Path) -> None:
     out = tmp_path / "transformer_peers.json"
+    extra = tmp_path / "more.txt"  # more plain text for the distillation
+    extra.write_text("The garden was full of roses.\n\nA train whistled in the distance.\n"
+                     "She baked bread for the whole street.\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1",
-                           "--out", str(out), "--workdir", str(tmp_path / "work")],
+                           "--out", str(out), "--workdir", str(tmp_path / "work"),
+                           "--kd-text", str(extra)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # nothing but what it was told to write (ONNX Runtime's shape inference leaves
     # temporary files in the current directory when it fails)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["transformer_peers.json", "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["more.txt", "transformer_peers.json", "work"]
     doc = json.loads(out.read_text())
     assert doc["bench"] == "transformer_peers" and doc["machine"]["threads"] == 1
     assert doc["settings"]["quick"] is True and doc["settings"]["threads"] == 1
+    assert doc["settings"]["kd_texts"]["count"] == 32 + 3  # quick: 32 training sentences
     rows = {(r["method"], r["runtime"]): r for r in doc["rows"]}
     assert set(rows) == {(m, "onnxruntime") for m in ORT_ROWS} | {(m, "torch") for m in TORCH_ROWS}
     assert len(doc["rows"]) == len(rows)  # one row per (method, runtime)
