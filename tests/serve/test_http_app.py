@@ -188,3 +188,11 @@ def test_unknown_routes_answer_in_the_protocol_error_shape(served, web) -> None:
     server, _ = served
     reply = web.get(f"http://127.0.0.1:{server.http_port}/v3/nothing")
     assert reply.status_code == 404 and "/v2" in reply.json()["error"]
+
+
+def test_infer_takes_only_post_and_names_the_method(served, web) -> None:  # noqa: ANN001
+    server, _ = served
+    for path in ("/v2/models/lin/infer", "/v2/models/lin/versions/1/infer"):
+        reply = web.get(f"http://127.0.0.1:{server.http_port}{path}")
+        assert reply.status_code == 405 and reply.headers["allow"] == "POST"
+        assert "GET" in reply.json()["error"] and "\n" not in reply.json()["error"]

@@ -140,3 +140,17 @@ def test_torchslim_artifacts_round_trip_bit_for_bit(start, artifacts: dict[str, 
             np.testing.assert_array_equal(
                 grpc_.infer(name, [h.grpc_input(reference.inputs[0].name, x)]).as_numpy(
                     reference.outputs[0].name), want)
+
+
+def test_served_onnxruntime_sessions_do_not_busy_wait(artifacts: dict[str, Path]) -> None:
+    # spinning intra-op threads would hold the cores the event loop parses requests on
+    path = artifacts["int8"]
+    config = ModelConfig(name="int8", source=str(path), instances=2, warmup=False)
+    loaded = ModelVersion.load(config, VersionFiles("1", path, ()))
+    try:
+        for session in loaded.sessions:
+            options = session._session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        for session in loaded.sessions:
+            session.close()

@@ -61,15 +61,20 @@ def runtime_for(path: str | os.PathLike[str], runtime: str | None = None) -> str
 
 
 def open(path: str | os.PathLike[str], runtime: str | None = None, *,  # noqa: A001
-         threads: int | None = None, precision: str | None = None) -> Session:
+         threads: int | None = None, precision: str | None = None,
+         spin: bool | None = None) -> Session:
     """Open the artifact at ``path`` on ``runtime`` (default: the one its suffix implies)
-    with ``threads`` intra-op threads. A directory must hold exactly one artifact."""
+    with ``threads`` intra-op threads. A directory must hold exactly one artifact.
+    ``spin``: whether ONNX Runtime's idle intra-op threads busy-wait for the next run (None
+    keeps its default, on); the other runtimes manage their own threads and ignore it."""
     p = _artifact_in(Path(path))
     name = runtime_for(p, runtime)
     if not p.is_file():
         raise ArtifactError(f"artifact not found: {p}; check the path (torchslim train writes "
                             "a .safetensors checkpoint, quantize / prune / run an .onnx file)")
-    return RUNTIMES.get(name)(p, threads=threads, precision=precision)
+    if spin is None or name != "onnxruntime":
+        return RUNTIMES.get(name)(p, threads=threads, precision=precision)
+    return RUNTIMES.get(name)(p, threads=threads, precision=precision, spin=spin)
 
 
 def _artifact_in(p: Path) -> Path:

@@ -38,7 +38,10 @@ class OnnxRuntimeSession:
     runtime = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None,
-                 precision: str | None = None) -> None:
+                 precision: str | None = None, spin: bool | None = None) -> None:
+        """``spin``: whether the intra-op threads busy-wait for work between runs (None:
+        ONNX Runtime's default, on). Off suits a process whose other threads need the
+        cores between runs, such as a server parsing requests."""
         import onnxruntime as ort
 
         self.artifact = Path(path)
@@ -52,6 +55,8 @@ class OnnxRuntimeSession:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if spin is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin)))
         try:
             self._session = ort.InferenceSession(str(self.artifact), options,
                                                  providers=["CPUExecutionProvider"])

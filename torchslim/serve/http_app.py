@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from torchslim.serve.errors import (BadRequestError, PayloadTooLargeError, error_message,
                                     status_of)
@@ -50,7 +50,6 @@ def create_app(service: InferenceService) -> Any:
                       "the protocol's routes are under /v2")
 
     _health_and_metadata(app, service)
-    _inference(app, service)
     _repository(app, service)
 
     @app.get("/metrics")
@@ -86,27 +85,29 @@ def _health_and_metadata(app: FastAPI, service: InferenceService) -> None:
         return _flag("ready", service.model_ready(model, version))
 
 
-def _inference(app: FastAPI, service: InferenceService) -> None:
-    limit = service.config.max_body_bytes
-
-    @_answers
-    async def infer(request: Request) -> Response:
-        body = await _read_body(request, limit)
-        header = _header_length(request.headers.get("inference-header-content-length"))
-        params = request.path_params
+async def _infer(service: InferenceService, body: bytes, header_length: str | None,
+                 model: str, version: str | None) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of one infer request, errors included."""
+    try:
+        header = _header_length(header_length)
         parsed = await _maybe_offload(len(body), decode_http_request, body, header,
-                                      model=params["model"], version=params.get("version"))
+                                      model=model, version=version)
         result = await service.infer(parsed)
-        payload, json_length = encode_http_response(result)
-        if json_length is None:
-            return Response(payload, media_type="application/json")
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
+    except Exception as e:
+        status, _ = status_of(e)
+        if status >= 500:
+            logger.exception("HTTP request failed")
+        return status, json.dumps({"error": error_message(e)}).encode(), _JSON
+    payload, json_length = encode_http_response(result)
+    if json_length is None:
+        return 200, payload, _JSON
+    return 200, payload, {"content-type": "application/octet-stream",
+                          "inference-header-content-length": str(json_length)}
 
-    # the hot path as plain Starlette routes, matched first: FastAPI's dependency solving
-    # per request costs more than the whole protocol decode of a small tensor
-    for path in ("/v2/models/{model}/versions/{version}/infer", "/v2/models/{model}/infer"):
-        app.router.routes.insert(0, Route(path, infer, methods=["POST"]))
+
+_JSON = {"content-type": "application/json"}
+# POST .../infer, answered by AccessLog without FastAPI's middleware, router and Request
+_INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 
 
 def _repository(app: FastAPI, service: InferenceService) -> None:
@@ -175,24 +176,7 @@ async def _maybe_offload(size: int, fn: Callable[..., Any], *args: Any, **kwargs
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (also once decompressed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding in ("gzip", "deflate"):
-        body = _decompress(body, encoding, limit)
-    elif encoding != "identity":
-        raise BadRequestError(f"Content-Encoding {encoding!r} is not supported; send gzip, "
-                              "deflate or an uncompressed body")
-    return body
+    return await _receive_body(request.receive, request.headers, limit)
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -225,7 +209,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 
 
 class AccessLog:
-    """ASGI middleware: count every request by status, and log one JSON line for it."""
+    """The ASGI front: answers ``.../infer`` itself (``_infer``), passes every other
+    request to the FastAPI app, and counts and logs one JSON line for each."""
 
     def __init__(self, app: Any, service: InferenceService) -> None:
         self.app, self.service = app, service
@@ -243,7 +228,11 @@ class AccessLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            found = _INFER_PATH.fullmatch(scope["path"])
+            if found is None:
+                await self.app(scope, receive, send_status)
+            else:
+                await self._infer(scope, receive, send_status, found)
         finally:
             self.service.metrics.request_done("http", status[0])
             if self.enabled and access_logger.isEnabledFor(logging.INFO):
@@ -252,3 +241,62 @@ class AccessLog:
                     "ts": round(time.time(), 3), "protocol": "http", "client": client[0],
                     "method": scope["method"], "path": scope["path"], "status": status[0],
                     "ms": round((time.perf_counter() - start) * 1000, 3)}))
+
+    async def _infer(self, scope: dict[str, Any], receive: Any, send: Any,
+                     found: re.Match[str]) -> None:
+        """The hot path in plain ASGI: per request, FastAPI's middleware stack, routing
+        and Request/Response objects cost about as much as decoding a small tensor."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        limit = self.service.config.max_body_bytes
+        if scope["method"] != "POST":
+            message = (f"Method Not Allowed: {scope['method']} {scope['path']}; inference is "
+                       "POST")
+            answer = 405, json.dumps({"error": message}).encode(), {**_JSON, "allow": "POST"}
+        else:
+            try:
+                body = await _receive_body(receive, headers, limit)
+            except _Disconnected:
+                return
+            except Exception as e:   # 413, a bad Content-Encoding or compressed body
+                status, _ = status_of(e)
+                answer = status, json.dumps({"error": error_message(e)}).encode(), _JSON
+            else:
+                answer = await _infer(self.service, body,
+                                      headers.get("inference-header-content-length"),
+                                      found["model"], found["version"])
+        status, payload, extra = answer
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-length", str(len(payload)).encode()),
+            *((k.encode(), v.encode()) for k, v in extra.items())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived: nobody to answer."""
+
+
+async def _receive_body(receive: Any, headers: Any, limit: int) -> bytes:
+    """The request body from raw ASGI messages, refused with 413 past ``limit`` bytes (also
+    once decompressed). ``headers``: lower-case names -> values."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    encoding = headers.get("content-encoding", "identity").lower()
+    if encoding in ("gzip", "deflate"):
+        body = _decompress(body, encoding, limit)
+    elif encoding != "identity":
+        raise BadRequestError(f"Content-Encoding {encoding!r} is not supported; send gzip, "
+                              "deflate or an uncompressed body")
+    return body

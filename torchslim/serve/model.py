@@ -68,9 +68,11 @@ class ModelVersion:
         """Open ``config.instances`` sessions on the artifact and warm every one up."""
         sessions: list[Session] = []
         try:
+            # ONNX Runtime's idle threads busy-wait by default, taking the cores that the
+            # event loop needs to parse the next requests: off in a server
             for _ in range(config.instances):
                 sessions.append(open_session(files.artifact, config.runtime,
-                                             threads=config.session_threads()))
+                                             threads=config.session_threads(), spin=False))
             version = cls(config, files, sessions)
             if config.warmup:
                 version.warm_up()
