@@ -24,7 +24,7 @@ from torchslim.errors import CheckpointError, MissingDependencyError
 from torchslim.transformers.model import unwrap
 
 __all__ = ["STRUCTURE_KEY", "save_pretrained", "load_pretrained", "note_attributes_",
-           "resizable_layers"]
+           "note_build_config_", "resizable_layers"]
 
 STRUCTURE_KEY = "torchslim_structure"
 
@@ -56,6 +56,20 @@ def note_attributes_(model: nn.Module, module_name: str, **attributes: Any) -> N
     attrs = {k: dict(v) for k, v in structure.get("attributes", {}).items()}
     attrs.setdefault(module_name, {}).update(attributes)
     structure["attributes"] = attrs
+    setattr(hf.config, STRUCTURE_KEY, structure)
+
+
+def note_build_config_(model: nn.Module, **values: Any) -> None:
+    """Record the config values the architecture was built with before torchslim changed
+    them (the first value given for a key stays), so ``load_pretrained`` builds it as it
+    was and then resizes: a head count that no longer divides the hidden size would not
+    build, and sizes computed at build time (a head size, its scaling) stay as they were."""
+    hf = unwrap(model)
+    structure = dict(getattr(hf.config, STRUCTURE_KEY, None) or {})
+    build = dict(structure.get("build", {}))
+    for key, value in values.items():
+        build.setdefault(key, value)
+    structure["build"] = build
     setattr(hf.config, STRUCTURE_KEY, structure)
 
 
@@ -119,8 +133,8 @@ def load_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
         state = load_file(str(path / "model.safetensors"))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the model in {path}: {str(e).splitlines()[0]}") from e
-    model = _architecture(tf, config, path)(config)
     structure = getattr(config, STRUCTURE_KEY, None) or {}
+    model = _build(_architecture(tf, config, path), config, structure.get("build", {}))
     _resize_(model, structure.get("shapes", {}))
     for name, attrs in structure.get("attributes", {}).items():
         module = model.get_submodule(name)
@@ -128,6 +142,22 @@ def load_pretrained(directory: str | os.PathLike[str]) -> nn.Module:
             setattr(module, key, value)
     _load_state_(model, state, path)
     return model.float().eval()
+
+
+def _build(cls: type, config: Any, build: dict[str, Any]) -> nn.Module:
+    """``cls(config)`` built with the recorded pre-pruning values, then given the saved
+    ones back (on the config its modules share)."""
+    saved = {key: getattr(config, key) for key in build}
+    for key, value in build.items():
+        setattr(config, key, value)
+    try:
+        model = cls(config)
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+    for key, value in saved.items():
+        setattr(model.config, key, value)
+    return model
 
 
 def _load_state_(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
