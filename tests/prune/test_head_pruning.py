@@ -333,3 +333,12 @@ def test_the_result_explains_itself_in_the_log(caplog: pytest.LogCaptureFixture)
     data = result.to_dict()
     assert data["layers"][1]["heads_removed"] == result.layers[1].heads_removed
     assert json.dumps(data)  # JSON as it is
+
+
+def test_prune_dispatches_a_head_prune_config() -> None:
+    from torchslim.prune import prune_
+
+    model = tiny_model("bert")
+    result = prune_(model, HeadPruneConfig(heads=0.5, mlp=0.0))
+    assert model.config.num_attention_heads == 2
+    assert result.mac_ratio(16) < 1.0
