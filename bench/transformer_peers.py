@@ -518,7 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="distillation epochs of the head-pruned student (default 20; quick 1)")
     p.add_argument("--kd-text", type=Path, default=None,
                    help="a UTF-8 file of more plain text for the distillation only (one text "
-                        "per line, blank lines skipped); default: the 95 training sentences")
+                        "per line, blank lines skipped), or austen:N for N sentences of Jane "
+                        "Austen's novels (make llm-data); default: the 95 training sentences")
     p.add_argument("--noise", type=float, default=0.05,
                    help="speed tolerance of the 'no slower than the fastest peer' bar")
     p.add_argument("--workdir", type=Path, default=None,
@@ -535,13 +536,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def austen_sentences(n: int) -> list[str]:
+    """``n`` sentences of 4-40 words from Jane Austen's novels (``make llm-data``), in a
+    seeded random order: plain English text for the distillation."""
+    import random
+    import re
+
+    from torchslim.llm.data import load_austen
+
+    found = [s for text in load_austen().values()
+             for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+             if 4 <= len(s.split()) <= 40 and not s.isupper()]
+    random.Random(0).shuffle(found)
+    return found[:n]
+
+
 def extra_kd_text(path: Path | None) -> list[str]:
-    """The lines of ``--kd-text`` (none of the held-out sentences may be among them)."""
+    """The lines of ``--kd-text`` (none of the held-out sentences may be among them);
+    ``austen:N``: N sentences of Austen's novels."""
     if path is None:
         return []
-    if not path.is_file():
+    if str(path).startswith("austen:"):
+        lines = austen_sentences(int(str(path).removeprefix("austen:")))
+    elif not path.is_file():
         raise SystemExit(f"error: --kd-text {path} is not a file; pass a UTF-8 text file")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     held_out = {x for pair in EVAL_PAIRS for x in pair}
     leaked = sorted(held_out.intersection(lines))
     if leaked:
