@@ -12,7 +12,8 @@ Each tensor input has a NAME (the dict key; a positional argument's parameter na
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from itertools import islice
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 
 from torchslim.errors import ConfigError
 
-__all__ = ["ExampleInputs", "as_example_inputs", "batch_inputs", "call", "to_device",
+__all__ = ["ExampleInputs", "as_example_inputs", "batch_inputs", "first_inputs", "call",
+           "to_device",
            "DynamicDims", "check_dynamic_dims", "positional_names"]
 
 # input name -> {dim index: dim name}
@@ -136,6 +138,14 @@ def batch_inputs(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return batch[0]
     return batch
+
+
+def first_inputs(data: Iterable[Any], num_batches: int) -> Iterator[Any]:
+    """The model inputs (``batch_inputs``) of the first ``num_batches`` batches of ``data``."""
+    if num_batches < 1:
+        raise ConfigError(f"num_batches={num_batches} must be >= 1")
+    for batch in islice(data, num_batches):
+        yield batch_inputs(batch)
 
 
 def call(model: nn.Module, inputs: Any) -> Any:

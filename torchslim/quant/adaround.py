@@ -45,10 +45,9 @@ from torch import Tensor, fx, nn
 from torch.nn import functional as F
 
 from torchslim import _progress
-from torchslim.capture.inputs import call, to_device
+from torchslim.capture.inputs import call, first_inputs, to_device
 from torchslim.errors import ConfigError
 from torchslim.quant.affine import QuantSpec, broadcast_qparams
-from torchslim.quant.calibrate import batches
 from torchslim.quant.config import AdaRoundConfig
 from torchslim.quant.distributed import lockstep
 from torchslim.quant.fake_quant import FakeQuantize
@@ -238,7 +237,7 @@ def adaround_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 32
     """
     config = quant_info(prepared).config.adaround
     device = next((p.device for p in prepared.parameters()), torch.device("cpu"))
-    samples = [to_device(x, device) for x in lockstep(batches(data, num_batches))]
+    samples = [to_device(x, device) for x in lockstep(first_inputs(data, num_batches))]
     if not samples:
         raise ConfigError("AdaRound's calibration data yielded no batches; pass a non-empty "
                           "loader")

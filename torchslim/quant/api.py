@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
+from torchslim.capture.inputs import first_inputs
 from torchslim.errors import ConfigError
-from torchslim.quant.calibrate import batches, calibrate_
+from torchslim.quant.calibrate import calibrate_
 from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
 from torchslim.quant.distributed import across_ranks
 from torchslim.quant.dynamic import quantize_dynamic
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def _first_batch(data: Iterable[Any]) -> Any:
     """The model inputs of the first batch (a tensor, a tuple or a dict)."""
-    for x in batches(data, 1):
+    for x in first_inputs(data, 1):
         return x
     raise ConfigError("calibration data yielded no batches; pass a non-empty loader")
 

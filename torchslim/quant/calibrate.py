@@ -18,8 +18,7 @@ them (``torchslim.quant.distributed``); every rank runs as many batches as the s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -27,26 +26,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from torchslim import _progress
-from torchslim.capture.inputs import call, to_device
+from torchslim.capture.inputs import call, first_inputs, to_device
 from torchslim.errors import ConfigError
 from torchslim.quant.distributed import global_observers, lockstep, sum_over_ranks
 from torchslim.quant.modules import QUANT_MODULES
 from torchslim.quant.prepare import quant_info, set_fake_quant_, set_observers_
 
-__all__ = ["calibrate_", "bias_correct_", "batches"]
+__all__ = ["calibrate_", "bias_correct_"]
 
 logger = logging.getLogger(__name__)
 
 _QUANT_LAYERS = tuple(QUANT_MODULES.values())
-
-
-def batches(data: Iterable[Any], num_batches: int) -> Iterator[Any]:
-    """The inputs of the first ``num_batches`` batches; ``(x, y)`` pairs give ``x`` (a
-    tensor, a tuple or a dict of the model's inputs)."""
-    if num_batches < 1:
-        raise ConfigError(f"num_batches={num_batches} must be >= 1")
-    for batch in islice(data, num_batches):
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -67,7 +57,7 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     set_observers_(prepared, True)
     device, seen = _device(prepared), 0
     with global_observers(prepared):  # every rank's batches under torchrun
-        for x in _progress.track(lockstep(batches(data, num_batches)),
+        for x in _progress.track(lockstep(first_inputs(data, num_batches)),
                                  description="calibrating", total=num_batches):
             call(prepared, to_device(x, device))
             seen += 1
@@ -77,7 +67,7 @@ def calibrate_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int = 3
     set_fake_quant_(prepared, True)
     logger.info("calibrated on %d batches", seen)
     if config.rounding == "adaround":
-        from torchslim.quant.adaround import adaround_  # it imports batches from here
+        from torchslim.quant.adaround import adaround_
 
         adaround_(prepared, data, num_batches=num_batches)
     if config.bias_correction:
@@ -119,7 +109,7 @@ def bias_correct_(prepared: nn.Module, data: Iterable[Any], *, num_batches: int 
 
         handle = layer.register_forward_pre_hook(hook)
         try:
-            for x in lockstep(batches(data, num_batches)):
+            for x in lockstep(first_inputs(data, num_batches)):
                 call(prepared, to_device(x, device))
         finally:
             handle.remove()
