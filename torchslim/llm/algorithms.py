@@ -25,7 +25,7 @@ from torchslim.quant.affine import calc_qparams_for, fake_quantize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerAlgorithm", "ALGORITHMS", "replace_linear", "conv1d_to_linear_"]
+__all__ = ["LayerAlgorithm", "ALGORITHMS", "replace_linear"]
 
 Stats = dict[str, InputStats]
 
@@ -44,21 +44,6 @@ class LayerAlgorithm:
 def replace_linear(layer: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(layer.get_submodule(parent) if parent else layer, attr, new)
-
-
-def conv1d_to_linear_(model: nn.Module) -> int:
-    """Replace each transformers ``Conv1D`` (GPT-2's projections, weight ``(in, out)``) by
-    the ``nn.Linear`` it computes (weight ``(out, in)``), so every method sees Linears.
-    New tensors are made; the ones ``model`` shares with another model are not written."""
-    found = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
-    for name, conv in found:
-        linear = nn.Linear(conv.weight.shape[0], conv.weight.shape[1],
-                           bias=conv.bias is not None, dtype=conv.weight.dtype)
-        linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), requires_grad=False)
-        if conv.bias is not None:
-            linear.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        replace_linear(model, name, linear)
-    return len(found)
 
 
 def _linears(layer: nn.Module, skip: Callable[[str], bool]) -> list[tuple[str, nn.Linear]]:

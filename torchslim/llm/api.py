@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchslim._progress import track
 from torchslim._record import Quantization, update_
 from torchslim.errors import ConfigError, UnsupportedModelError
-from torchslim.llm.algorithms import ALGORITHMS, conv1d_to_linear_, replace_linear
+from torchslim.llm.algorithms import ALGORITHMS, replace_linear
 from torchslim.llm.calibrate import calibrate_layers, decoder_layers
 from torchslim.llm.config import LLMQuantConfig
 from torchslim.llm.data import calibration_batches
@@ -22,6 +22,7 @@ from torchslim.llm.groups import find_scale_groups
 from torchslim.llm.qlinear import QuantEmbedding, W8A8Linear, WeightOnlyLinear, encode_weight
 from torchslim.llm.scaling import ScaleGroup, is_linear, relative
 from torchslim.quant.config import check_skip, matches, weight_only_spec
+from torchslim.transformers.linears import conv1d_to_linear_
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def _quantize_(new: nn.Module, cfg: LLMQuantConfig, *, calibration: Calibration 
     skip = check_skip(new, cfg.skip)
     algorithm = ALGORITHMS[cfg.method]
     new.eval()
-    conv1d_to_linear_(new)
+    conv1d_to_linear_(new, requires_grad=False)
     new_layers = decoder_layers(new)
     prefix = next(n for n, m in new.named_modules() if m is new_layers)
     ids = _calibration_ids(calibration, tokenizer, cfg) if cfg.needs_calibration else None

@@ -11,6 +11,7 @@ DequantizeLinear.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +28,7 @@ from torchslim.quant.prepare import prepare
 from torchslim.quant.fold import fold_simulated_bn_
 from torchslim.quant.qat import FreezeBatchNorm, FreezeObservers, from_lsq_, to_lsq_
 from torchslim.quant.weight_only import quantize_weight_only
+from torchslim.transformers.linears import conv1d_layers, conv1d_to_linear_
 from torchslim.train import Callback, TrainConfig, fit
 
 __all__ = ["quantize", "qat", "QUANTIZERS"]
@@ -59,8 +61,19 @@ def quantize(model: nn.Module, config: Any = QuantConfig(),
         known = ", ".join(t.__name__ for t in QUANTIZERS)
         raise ConfigError(f"config must be one of {known}, got {type(config).__name__} "
                           "(quantization-aware training: torchslim.qat)")
-    return handler(model, config, calibration, num_batches=num_batches,
+    return handler(_with_linears(model), config, calibration, num_batches=num_batches,
                    example_inputs=example_inputs)
+
+
+def _with_linears(model: nn.Module) -> nn.Module:
+    """``model``, or a copy with GPT-2's ``Conv1D`` projections as the ``nn.Linear`` layers
+    they compute, so that the quantizers, which match Linear, see them."""
+    if not conv1d_layers(model):
+        return model
+    model = copy.deepcopy(model)
+    n = conv1d_to_linear_(model)
+    logger.info("%d transformers Conv1D projections quantized as the nn.Linear they compute", n)
+    return model
 
 
 def _static(model: nn.Module, config: QuantConfig, calibration: Iterable[Any] | None, *,
@@ -119,7 +132,7 @@ def qat(model: nn.Module, train_data: Iterable[Any], *, config: QuantConfig = Qu
     example = _first_batch(calib)
     # under torchrun: rank 0's config, and this rank's share of every calibration batch
     config, calib = across_ranks(config, calib, train_config.distributed)
-    prepared = prepare(model, config, example_inputs=example,
+    prepared = prepare(_with_linears(model), config, example_inputs=example,
                        simulate_bn=freeze_bn_epoch is not None)
     calibrate_(prepared, calib, num_batches=num_calib_batches)
     if lsq:
