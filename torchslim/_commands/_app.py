@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -118,8 +119,6 @@ def _relaunch_under_torchrun(kwargs: dict[str, Any]) -> None:
 
     if not under_torchrun():
         raise typer.Exit(relaunch(nproc, max_restarts=kwargs.get("max_restarts", 0)))
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != nproc:
         logging.getLogger("torchslim").warning(

@@ -72,9 +72,8 @@ def open(path: str | os.PathLike[str], runtime: str | None = None, *,  # noqa: A
     if not p.is_file():
         raise ArtifactError(f"artifact not found: {p}; check the path (torchslim train writes "
                             "a .safetensors checkpoint, quantize / prune / run an .onnx file)")
-    if spin is None or name != "onnxruntime":
-        return RUNTIMES.get(name)(p, threads=threads, precision=precision)
-    return RUNTIMES.get(name)(p, threads=threads, precision=precision, spin=spin)
+    options = {"spin": spin} if spin is not None and name == "onnxruntime" else {}
+    return RUNTIMES.get(name)(p, threads=threads, precision=precision, **options)
 
 
 def _artifact_in(p: Path) -> Path:

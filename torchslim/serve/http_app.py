@@ -94,15 +94,20 @@ async def _infer(service: InferenceService, body: bytes, header_length: str | No
                                       model=model, version=version)
         result = await service.infer(parsed)
     except Exception as e:
-        status, _ = status_of(e)
-        if status >= 500:
-            logger.exception("HTTP request failed")
-        return status, json.dumps({"error": error_message(e)}).encode(), _JSON
+        return _failure(e)
     payload, json_length = encode_http_response(result)
     if json_length is None:
         return 200, payload, _JSON
     return 200, payload, {"content-type": "application/octet-stream",
                           "inference-header-content-length": str(json_length)}
+
+
+def _failure(e: Exception) -> tuple[int, bytes, dict[str, str]]:
+    """The protocol's ``{"error": ...}`` answer to ``e``, with the status of its class."""
+    status, _ = status_of(e)
+    if status >= 500:
+        logger.exception("HTTP request failed")
+    return status, json.dumps({"error": error_message(e)}).encode(), _JSON
 
 
 _JSON = {"content-type": "application/json"}
@@ -258,8 +263,7 @@ class AccessLog:
             except _Disconnected:
                 return
             except Exception as e:   # 413, a bad Content-Encoding or compressed body
-                status, _ = status_of(e)
-                answer = status, json.dumps({"error": error_message(e)}).encode(), _JSON
+                answer = _failure(e)
             else:
                 answer = await _infer(self.service, body,
                                       headers.get("inference-header-content-length"),
