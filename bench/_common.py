@@ -65,6 +65,7 @@ class Candidate:
     bytes: int | None = None
     seconds: float | None = None        # quantization (or training) time
     note: str | None = None
+    details: dict[str, Any] | None = None   # e.g. the placement decisions behind the artifact
     error: str | None = None
     top1: float | None = None
     agreement: float | None = None
@@ -92,7 +93,8 @@ def step(description: str) -> Iterator[None]:
 def build(candidates: Sequence[Candidate], factory: Callable[[], dict[str, Any]]) -> None:
     """Run ``factory`` once for ``candidates`` that share its work (e.g. one quantized model
     served on two runtimes). It returns ``{runtime: Session}`` plus optional ``bytes``,
-    ``seconds`` and ``note`` (``bytes:<runtime>`` / ``note:<runtime>`` for one runtime only);
+    ``seconds``, ``note`` and ``details`` (``bytes:<runtime>`` / ``note:<runtime>`` /
+    ``details:<runtime>`` for one runtime only);
     any exception becomes the ``error`` of every candidate."""
     label = f"{candidates[0].model}/{candidates[0].method}"
     try:
@@ -110,6 +112,7 @@ def build(candidates: Sequence[Candidate], factory: Callable[[], dict[str, Any]]
         seconds = out.get("seconds", elapsed)
         c.seconds = None if seconds is None else round(seconds, 2)
         c.note = out.get(f"note:{c.runtime}", out.get("note"))
+        c.details = out.get(f"details:{c.runtime}", out.get("details"))
         if c.session is None:
             c.error = f"no {c.runtime} session was produced"
 
@@ -162,6 +165,8 @@ def to_row(c: Candidate, baseline: Candidate | None) -> dict[str, Any]:
     row: dict[str, Any] = dict(zip(ROW_KEYS, values, strict=True))
     if c.note:
         row["note"] = c.note
+    if c.details:
+        row["details"] = c.details
     return row
 
 

@@ -133,6 +133,7 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
              options: dict[str, Any],
              runtime: Annotated[str, typer.Option(help="onnxruntime or openvino.")] = "onnxruntime",
              sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Add the per-layer sensitivity table to the report.")] = False,
+             placement: Annotated[bool, typer.Option("--placement/--no-placement", help="Time each candidate node variant (space-to-depth stem, float node) on the runtime and keep those that are faster; the decisions are in the report.")] = True,
              threads: Threads = 2, batch_sizes: BatchSizes = "1,32",
              out: Annotated[Path, typer.Option(help="Directory for the artifact and report.")] = Path("runs/quantize"),
              data: Annotated[Optional[Path], typer.Option(help="Dataset directory.")] = None,
@@ -143,7 +144,7 @@ def quantize(checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safet
 
     job = QuantizeJob(checkpoint=checkpoint, plan=QUANTIZE.plan("cli", **options), out=out,
                       runtime=runtime, threads=threads, sensitivity=sensitivity,
-                      batch_sizes=parse_sizes(batch_sizes), data_root=data)
+                      batch_sizes=parse_sizes(batch_sizes), data_root=data, placement=placement)
     result = run_quantize(job)
     print_table(result["results"], console=out_console)
     out_console.print(f"artifact: {result['artifact']}\nreport:   {result['report']['html']}")

@@ -24,6 +24,7 @@ from torchslim.data import DataBundle, calibration_subset, load_data
 from torchslim.errors import ConfigError
 from torchslim.evaluation import evaluate
 from torchslim.exporters import export, export_onnx
+from torchslim.exporters.placement import place_for_runtime
 from torchslim.pipeline.options import Option, OptionTable, option
 from torchslim.quant.api import qat, quantize
 from torchslim.quant.config import DynamicQuantConfig, QuantConfig, WeightOnlyConfig
@@ -147,6 +148,7 @@ class QuantizeJob:
     sensitivity: bool = False            # add the per-layer sensitivity table to the report
     batch_sizes: tuple[int, ...] = (1, 32)
     data_root: Path | None = None
+    placement: bool = True               # time node variants on the runtime, keep what pays
 
     def __post_init__(self) -> None:
         if self.runtime not in runtimes_reading(".onnx"):
@@ -192,17 +194,26 @@ def sensitivity_report(model: nn.Module, data: DataBundle, plan: QuantizePlan,
             "layers": [r.to_dict() for r in rows]}
 
 
-def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle) -> float:
-    """Share of test images on which the artifact and the fake-quant model agree."""
-    same = total = 0
+def fake_quant_agreement(prepared: nn.Module, session: Session, data: DataBundle, *,
+                         outputs: np.ndarray | None = None) -> float:
+    """Share of test images on which the artifact and the fake-quant model agree.
+    ``outputs``: the artifact's logits on the test split in order (``evaluate`` collected
+    them), so the artifact is not run again."""
+    fake, art = [], []
     prepared.eval()
     with torch.inference_mode():
         for x, _ in data.test:
-            a = prepared(x).argmax(1).numpy()
-            b = session.run(x.numpy()).argmax(1)
-            same += int(np.sum(a == b))
-            total += len(a)
-    return same / max(total, 1)
+            fake.append(prepared(x).argmax(1).numpy())
+            if outputs is None:
+                art.append(session.run(x.numpy()).argmax(1))
+    if not fake:
+        return 0.0
+    a = np.concatenate(fake)
+    b = np.concatenate(art) if outputs is None else np.asarray(outputs).argmax(1)
+    if a.shape != b.shape:
+        raise ConfigError(f"outputs holds {len(b)} rows for {len(a)} test images; pass the "
+                          "artifact's logits on the same test split")
+    return float(np.mean(a == b))
 
 
 def run_quantize(job: QuantizeJob) -> dict[str, Any]:
@@ -216,6 +227,10 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     fp32_path = export_onnx(model, job.out / f"{stem}-fp32.onnx", input_shape=shape)
     int8_path = export(prepared, job.out / f"{stem}-{plan.method}-{plan.label}.onnx",
                        input_shape=shape)
+    placed = None
+    if job.placement and plan.static:  # QDQ artifacts; dynamic and weight-only have no Q/DQ
+        placed = place_for_runtime(int8_path, runtime=job.runtime, batch=max(job.batch_sizes),
+                                   threads=job.threads)
 
     def opener(path: Path, threads: int, precision: str | None = None) -> Session:
         return open_session(path, job.runtime, threads=threads, precision=precision)
@@ -232,6 +247,8 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     int8.extra["fake_quant_agreement"] = fake_quant_agreement(prepared, int8_session, data)
     base.agreement, base.cosine = 1.0, 1.0
     extra: dict[str, Any] = {"quantization": _describe(prepared, plan)}
+    if placed is not None:
+        extra["placement"] = placed.to_dict()
     if job.sensitivity:
         extra["sensitivity"] = sensitivity_report(model, data, plan)
     paths = write_report(job.out, baseline=base, candidates=[fp32, int8],

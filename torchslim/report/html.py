@@ -115,7 +115,7 @@ def render_html(report: dict[str, Any], *, title: str = "torchslim report") -> s
         confusion=_confusion(base, names), class_names=names,
         worst=_worst(candidates, base, names), candidates=candidates,
         sensitivity=_sensitivity(report), pruning=_pruning(report),
-        robustness=robustness_section(report, candidates),
+        placement=_placement(report), robustness=robustness_section(report, candidates),
         interleaved=_interleaved_note(candidates), registry=report.get("registry"),
         machine=report.get("machine") or {}, dataset=report.get("dataset") or {})
 
@@ -147,6 +147,24 @@ def _pruning(report: dict[str, Any]) -> dict[str, Any] | None:
             f"parameters {block.get('params_before', 0):,} → {block.get('params_after', 0):,}, "
             "counted on the rewritten model.")
     return {"headers": ["layer", "in channels", "out channels", "zero weights"],
+            "rows": rows, "note": note}
+
+
+def _placement(report: dict[str, Any]) -> dict[str, Any] | None:
+    """Each node variant that runtime-aware placement timed, and what it kept."""
+    block = report.get("placement")
+    if not block or not block.get("trials"):
+        return None
+    rows = [[t["node"], t["op"], t["variant"], f"{t['speedup']:.3f}×",
+             f"{t['low']:.3f}–{t['high']:.3f}", f"{t['wins']}/{t['rounds']}",
+             "kept" if t["kept"] else t["reason"]] for t in block["trials"]]
+    total = block.get("speedup")
+    note = (f"Timed on {block.get('runtime')} at batch {block.get('batch')}, "
+            f"{block.get('threads')} threads, each variant against the unchanged artifact "
+            "in one interleaved loop (speed-up: median per-round ratio). "
+            + (f"The kept variants together: {total:.3f}× the unchanged artifact."
+               if block.get("kept") and total else block.get("note") or ""))
+    return {"headers": ["node", "op", "variant", "speed-up", "range", "faster in", "decision"],
             "rows": rows, "note": note}
 
 
