@@ -5,9 +5,10 @@ kernels. Some forms are slow on a given runtime, and which ones is measured, not
 
 * ``space-to-depth``: a strided convolution that reads few channels (the stem of most
   CNNs: 3 channels, 7x7 or 3x3, stride 2) is an im2col of 3-byte rows in ONNX Runtime's
-  INT8 kernels and costs as much as layers with 20x its channels. Rearranging its input
-  with ``SpaceToDepth(stride)`` makes it a stride-1 convolution over ``stride**2 * C``
-  channels with a zero-padded kernel: the same sums (bit for bit), fewer and longer rows.
+  INT8 kernels and costs as much as layers with 20x its channels. Rearranging its
+  quantized input with ``SpaceToDepth(stride)`` (on the uint8 values, between Q and DQ)
+  makes it a stride-1 convolution over ``stride**2 * C`` channels with a zero-padded
+  kernel: the same sums (bit for bit), fewer and longer rows.
 * ``float``: the node runs in FP32 between its input's DequantizeLinear and the next
   QuantizeLinear (its weights dequantized once), for the nodes where the integer kernel
   plus its Q/DQ costs more than float.
@@ -148,6 +149,9 @@ def space_to_depth_candidate(model: onnx.ModelProto, index: GraphIndex,
         return "not an undilated convolution with one stride >= 2"
     if len(index.consumers[q.output[0]]) != 1 or len(index.consumers[x_dq.output[0]]) != 1:
         return "its quantized input feeds other nodes too"
+    scale = index.constant(q.input[1])
+    if scale is None or scale.size != 1:
+        return "its input quantizer is not per-tensor"
     hw = _static_hw(model, q.input[0])
     if hw is None or hw[0] % strides[0] or hw[1] % strides[0]:
         return "its input has no static height and width divisible by the stride"
@@ -172,7 +176,7 @@ def space_to_depth_(model: onnx.ModelProto, name: str) -> None:
     why = space_to_depth_candidate(shaped, index, node)
     if why is not None:
         raise ConfigError(f"node {name!r} cannot take the space-to-depth form: {why}")
-    q, _, w_dq = _qdq_conv_parts(index, node)  # type: ignore[misc]
+    q, x_dq, w_dq = _qdq_conv_parts(index, node)  # type: ignore[misc]
     weight = numpy_helper.to_array(index.initializers[w_dq.input[0]])
     out_c, in_c, kh, kw = weight.shape
     s = _ints(node, "strides", [1, 1])[0]
@@ -195,12 +199,13 @@ def space_to_depth_(model: onnx.ModelProto, name: str) -> None:
     packed = big.reshape(out_c, in_c, new_kh, s, new_kw, s).transpose(0, 3, 5, 1, 2, 4)
     packed = np.ascontiguousarray(packed.reshape(out_c, s * s * in_c, new_kh, new_kw))
     index.initializers[w_dq.input[0]].CopyFrom(numpy_helper.from_array(packed, w_dq.input[0]))
-    moved = index.fresh(f"{q.input[0]}_space_to_depth")
+    # on the integers, between Q and DQ: a quarter of the bytes of the float input to move
+    moved = index.fresh(f"{q.output[0]}_space_to_depth")
     nodes = list(model.graph.node)
-    nodes.insert(nodes.index(q), helper.make_node("SpaceToDepth", [q.input[0]], [moved],
-                                                  name=index.fresh(f"{name}_space_to_depth"),
-                                                  blocksize=s))
-    q.input[0] = moved
+    nodes.insert(nodes.index(q) + 1, helper.make_node(
+        "SpaceToDepth", [q.output[0]], [moved], name=index.fresh(f"{name}_space_to_depth"),
+        blocksize=s))
+    x_dq.input[0] = moved
     keep = [a for a in node.attribute if a.name not in ("strides", "pads", "kernel_shape")]
     del node.attribute[:]
     node.attribute.extend(keep)
