@@ -9,7 +9,13 @@ may precede the error line; nothing else may.
 
 The cases share a small world made once (a ResNet-8 width-4 checkpoint on the digits
 data, ONNX files, damaged sidecars, reports, recipes, user modules) and run two at a
-time: each process costs 3-5 s, most of it importing torch.
+time. A fresh ``python -m torchslim`` spends 3-6 s importing torch before it reads its
+arguments (about 5 minutes for the catalogue), so each case runs in a process forked from
+an interpreter that has done that import once and then does what ``python -m torchslim``
+does: the case's working directory and environment, ``sys.path[0]`` = that directory,
+``torchslim.__main__`` run as ``__main__``, the interpreter's own exit (traceback and exit
+code 1 on an uncaught exception). A sample of cases (``FRESH``) also runs as real
+``python -m torchslim`` processes and must end exactly as its forked run did.
 """
 
 from __future__ import annotations
@@ -415,13 +421,91 @@ def _recipes(root: Path) -> None:
     (root / "locked").symlink_to(root / "held")
 
 
-def _train_once(root: Path, env: dict[str, str]) -> None:
+# The forking interpreter: imports what `python -m torchslim` imports before it parses its
+# arguments (and, once for all cases, what most commands import lazily: scikit-learn for
+# the digits data, 2 s a case, and ONNX Runtime), then forks once per job
+# line {"argv", "cwd", "env", "stdout", "stderr", "timeout"} and answers the child's exit
+# code. The child runs torchslim.__main__ as `python -m` does and exits as the interpreter
+# would (SystemExit's code, or the traceback and 1; non-daemon threads joined, atexit
+# handlers, stdio flushed) but without tearing its modules down: that would copy every
+# page it shares with the forking interpreter, 1 s of CPU per case. One past its timeout
+# is ended by SIGALRM (exit code -14).
+_FORKER = textwrap.dedent("""
+    import atexit, json, os, runpy, signal, sys, threading
+    import torchslim.cli
+    import onnxruntime, sklearn.datasets
+    print("ready", flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os.chdir(job["cwd"])
+            os.environ.clear()
+            os.environ.update(job["env"])
+            extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+            sys.path[:1] = [job["cwd"], *extra]
+            for fd, name, flags in ((0, os.devnull, os.O_RDONLY),
+                                    (1, job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                    (2, job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+                opened = os.open(name, flags)
+                os.dup2(opened, fd)
+                os.close(opened)
+            sys.argv = ["-m", *job["argv"]]
+            signal.alarm(job["timeout"])
+            code = 0
+            try:
+                runpy.run_module("torchslim", run_name="__main__", alter_sys=True)
+            except SystemExit as exc:
+                if isinstance(exc.code, int):
+                    code = exc.code
+                elif exc.code is not None:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except BaseException:
+                sys.excepthook(*sys.exc_info())
+                code = 1
+            threading._shutdown()
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code) & 0xFF)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), flush=True)
+""")
+
+
+class Forker:
+    """One forking interpreter; ``run`` is one case at a time (callers hold one each)."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.logs = logs
+        self.proc = subprocess.Popen([sys.executable, "-c", _FORKER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+        out, err = self.logs / f"{cwd.name}.out", self.logs / f"{cwd.name}.err"
+        job = {"argv": args, "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err),
+               "timeout": TIMEOUT_S}
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        returncode = int(self.proc.stdout.readline())
+        return returncode, err.read_text()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=TIMEOUT_S)
+
+
+def _train_once(root: Path, env: dict[str, str], forker: Forker) -> None:
     """A finished 1-epoch run in ``trained/`` (the 'other settings' case resumes it)."""
-    done = subprocess.run([sys.executable, "-m", "torchslim", "--quiet", "train", "--model",
-                           "resnet8", "--width", "8", "--dataset", "digits", "--epochs", "1",
-                           "--threads", "1", "--batch-size", "256", "--out", "trained"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-2000:]
+    returncode, stderr = forker.run(["--quiet", "train", "--model", "resnet8", "--width", "8",
+                                     "--dataset", "digits", "--epochs", "1", "--threads", "1",
+                                     "--batch-size", "256", "--out", "trained"], root, env)
+    assert returncode == 0, stderr[-2000:]
 
 
 _HOLDER = textwrap.dedent("""
@@ -454,24 +538,38 @@ class Outcome:
     changed: list[str]
 
 
-def _run(c: Case, world: Path, cases: Path, env: dict[str, str]) -> Outcome:
+def _run(c: Case, world: Path, copy: Path, env: dict[str, str],
+         forker: Forker | None) -> Outcome:
     """``c`` in its own copy of the world (two cases run at once: one's output must not
-    show up as a change of the other's)."""
+    show up as a change of the other's); forked, or a fresh ``python -m torchslim``."""
     import shutil
 
-    root = shutil.copytree(world, cases / c.id, symlinks=True)
+    root = shutil.copytree(world, copy, symlinks=True)
     before = _snapshot(root)
-    done = subprocess.run([sys.executable, "-m", "torchslim", *c.args], cwd=root,
-                          env={**env, "PYTHONPATH": str(root), **c.env},
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    case_env = {**env, "PYTHONPATH": str(root), **c.env}
+    if forker is None:
+        done = subprocess.run([sys.executable, "-m", "torchslim", *c.args], cwd=root,
+                              env=case_env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        returncode, stderr = done.returncode, done.stderr
+    else:
+        returncode, stderr = forker.run(list(c.args), root, case_env)
     after = _snapshot(root)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    return Outcome(done.returncode, done.stderr, changed)
+    return Outcome(returncode, stderr.replace(str(root), "<case>"), changed)
+
+
+# Cases that also run as real `python -m torchslim` processes: a user module imported from
+# the working directory, transformers imported by the command, and a command that imports
+# scikit-learn and ONNX Runtime itself (the forking interpreter has them already).
+FRESH = ("run-import-raises", "llm-eval-bad-config", "evaluate-onnx-input-shape")
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
-    """Every case's outcome: the world is made once, the cases run two at a time."""
+    """Every case's outcome (forked), and under "fresh:<id>" the FRESH ones' outcome as real
+    processes: the world is made once, the cases run two at a time."""
+    from queue import SimpleQueue
+
     root = tmp_path_factory.mktemp("world")
     cases = tmp_path_factory.mktemp("cases")
     scratch = tmp_path_factory.mktemp("scratch")
@@ -481,17 +579,38 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
            "OMP_NUM_THREADS": "1", "COLUMNS": "80"}
     env.pop("TORCHSLIM_REGISTRY", None)
     _write_world(root)
-    _train_once(root, env)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root / "held")],
-                              stdout=subprocess.PIPE, text=True, env=env)
+    (scratch / "logs").mkdir()
+    forkers: SimpleQueue[Forker] = SimpleQueue()
+    started = []
+    holder = None
     try:
+        for _ in range(WORKERS):
+            started.append(Forker(env, scratch / "logs"))
+            forkers.put(started[-1])
+        _train_once(root, env, started[0])
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root / "held")],
+                                  stdout=subprocess.PIPE, text=True, env=env)
         assert holder.stdout.readline().strip() == "held"
+
+        def forked(c: Case) -> Outcome:
+            forker = forkers.get()
+            try:
+                return _run(c, root, cases / c.id, env, forker)
+            finally:
+                forkers.put(forker)
+
+        by_id = {c.id: c for c in CASES}
         with ThreadPoolExecutor(WORKERS) as pool:
-            futures = {c.id: pool.submit(_run, c, root, cases, env) for c in CASES}
+            futures = {c.id: pool.submit(forked, c) for c in CASES}
+            futures |= {f"fresh:{i}": pool.submit(_run, by_id[i], root, cases / f"fresh-{i}",
+                                                  env, None) for i in FRESH}
             return {name: f.result() for name, f in futures.items()}
     finally:
-        holder.kill()
-        holder.wait()
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        for forker in started:
+            forker.close()
 
 
 def test_the_catalogue_is_large_and_distinct() -> None:
@@ -503,13 +622,18 @@ def test_the_catalogue_is_large_and_distinct() -> None:
             "run", "search", "llm", "registry", "serve", "demo"} <= commands
 
 
+def _error_lines(stderr: str) -> list[str]:
+    """stderr less blank lines and log records."""
+    return [ln for ln in stderr.splitlines()
+            if ln.strip() and not ln.startswith(("INFO ", "WARNING ", "DEBUG "))]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_and_exit_2_and_changes_nothing(c: Case, outcomes) -> None:
     got = outcomes[c.id]
     assert "Traceback" not in got.stderr, got.stderr[-3000:]
-    lines = [ln for ln in got.stderr.splitlines()
-             if ln.strip() and not ln.startswith(("INFO ", "WARNING ", "DEBUG "))]
+    lines = _error_lines(got.stderr)
     assert got.returncode == 2, got.stderr[-3000:]
     assert len(lines) == 1, got.stderr
     line = lines[0]
@@ -517,3 +641,11 @@ def test_bad_input_is_one_line_and_exit_2_and_changes_nothing(c: Case, outcomes)
     for needle in (*c.problem, *c.fix):
         assert needle in line, f"{needle!r} not in {line!r}"
     assert got.changed == [], f"{c.id} changed {got.changed}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", FRESH)
+def test_a_real_process_ends_as_the_forked_one(case_id: str, outcomes) -> None:
+    fresh, forked = outcomes[f"fresh:{case_id}"], outcomes[case_id]
+    assert (fresh.returncode, fresh.changed) == (forked.returncode, forked.changed)
+    assert _error_lines(fresh.stderr) == _error_lines(forked.stderr), fresh.stderr
