@@ -14,7 +14,8 @@ The artifact is the "explicit quantization" graph that ONNX Runtime and TensorRT
 
 That is the pattern ONNX Runtime fuses into its integer kernels (``DQ -> Conv -> Q``
 becomes ``QLinearConv``, ``DQ, DQ -> Add -> Q`` becomes ``QLinearAdd``, ...);
-:func:`ort_fused_ops` shows what it actually runs.
+:func:`ort_fused_ops` shows what it actually runs. HardSigmoid and HardSwish, which it has no
+integer kernel for, are written as the Add and Mul it has (``_qdq_gates``).
 
 Weights of 2 to 7 bits are stored as int8 values inside the narrower range (ONNX Runtime
 has no int4 convolution kernels), so such a file is about 1/4 of FP32, not 1/8.
@@ -38,6 +39,7 @@ from torchslim._record import record_of
 from torchslim.capture.inputs import DynamicDims
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import drop_requantize_pairs_, rewrite_weights_
+from torchslim.exporters._qdq_gates import hard_gates_to_integer_
 from torchslim.exporters.onnx import OPSET, export_proto, write_checked
 from torchslim.exporters.weights import (bake_weights_, check_materialized, check_quantized_as,
                                          copy_model)
@@ -87,6 +89,7 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *, example_inp
                                exporter=exporter, before=lambda name: _use_ops_of_(model, name))
     found, biases = rewrite_weights_(proto, baked)
     pairs = drop_requantize_pairs_(proto.graph)
+    gates = hard_gates_to_integer_(proto.graph)
     missing = [b.module for b in baked if b.module not in found]
     if missing:
         logger.warning("weights of %s were not found as Conv/Gemm/MatMul initializers in "
@@ -94,8 +97,8 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *, example_inp
                        ", ".join(missing))
     out = write_checked(proto, path)
     logger.info("exported %s (%s exporter): %d int8 weights, %d int32 biases, %d requantize "
-                "pairs dropped, %d bytes", out, used, len(found), biases, pairs,
-                out.stat().st_size)
+                "pairs dropped, %d hard gates on integers, %d bytes", out, used, len(found),
+                biases, pairs, gates, out.stat().st_size)
     return out
 
 
