@@ -14,8 +14,12 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 demo: install data
 	$(BIN)/torchslim demo $(ARGS)
 
+# Two pytest-xdist workers, one per core of the CI machine (most tests compute on one
+# thread); --dist loadfile keeps a file in one worker, so its module fixtures are built
+# once. `make test PYTEST_WORKERS=` runs in one process; ARGS adds paths and options.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 test: install-dev data chromium
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_WORKERS) $(ARGS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
