@@ -72,6 +72,9 @@ def test_trial_space_and_pareto_front() -> None:
     assert trials[0] == {0: {"target_macs": 0.8, "target_params": None},
                          1: {"method": "ptq", "keep_sensitive": 0}}
     assert trials[-1][1]["method"] == "qat"          # QAT, the expensive one, comes last
+    own = trial_space(parse_recipe(GOOD.replace("target_macs: 0.5", "target_macs: 0.9")))
+    assert len(own) == 5 * 3                         # a ratio off the grid is tried too
+    assert [t[0]["target_macs"] for t in own[:5]] == [0.9, 0.8, 0.65, 0.5, 0.35]
     points = [{"trial": 0, "val_top1": 0.9, "p50_ms": 2.0}, {"trial": 1, "val_top1": 0.8, "p50_ms": 1.0},
               {"trial": 2, "val_top1": 0.7, "p50_ms": 1.5}, {"trial": 3, "val_top1": 0.9, "p50_ms": 3.0}]
     assert pareto_front(points) == [0, 1]
@@ -93,7 +96,9 @@ def test_run_prints_the_verdict_and_exits_by_it(write_recipe, one_thread, one_li
 @pytest.mark.slow
 def test_search_keeps_the_best_artifact_and_plots_the_front(write_recipe, tmp_path: Path,
                                                             one_thread) -> None:
-    stages = [{"kind": "prune", "target_macs": 0.9, "round_to": 1, "finetune_epochs": 0},
+    # 0.8 is on the search's grid: 4 ratios x 3 quantizations (a ratio off the grid, a 5th
+    # row of 3 more trials, is test_trial_space_and_pareto_front's)
+    stages = [{"kind": "prune", "target_macs": 0.8, "round_to": 1, "finetune_epochs": 0},
               {"kind": "quantize", "method": "ptq", "calib_batches": 2, "qat_epochs": 1}]
     path = write_recipe(stages, name="search", budget={"max_drop": 0.3})
     out = tmp_path / "search"
@@ -101,7 +106,7 @@ def test_search_keeps_the_best_artifact_and_plots_the_front(write_recipe, tmp_pa
     assert result.exit_code == 0, result.output
     found = json.loads((out / "search.json").read_text())
     trials = found["trials"]
-    assert len(trials) == 15 and found["best"]["within_budget"]
+    assert len(trials) == 12 and found["best"]["within_budget"]
     valid = [t for t in trials if t["within_budget"]]
     assert found["best"]["p50_ms"] == min(t["p50_ms"] for t in valid)
     assert (out / "best.onnx").read_bytes() == (out / found["best"]["artifact"]).read_bytes()
@@ -109,4 +114,4 @@ def test_search_keeps_the_best_artifact_and_plots_the_front(write_recipe, tmp_pa
     assert report["search"]["pareto_front"] and report["pipeline"]["verdict"] in ("met", "not met")
     assert (out / "pipeline.html").read_text().count("data:image/png;base64,") == 2
     # the prune stages of trials that differ only in quantization ran once
-    assert len(list((out / "stages").glob("01-prune-*"))) == 5
+    assert len(list((out / "stages").glob("01-prune-*"))) == 4
