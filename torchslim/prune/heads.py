@@ -6,7 +6,10 @@ intermediate channels, with the config updated so the model saves, reloads and e
 >>> result.layers[0].heads_removed, result.mac_ratio(seq=128)
 ([0, 3], 0.5)
 
-Every layer loses the same number of heads and channels, so one config describes it.
+Every layer loses the same number of heads and channels, so one config describes it;
+``HeadPruneConfig(macs=0.5)`` instead removes half the attention + MLP MACs where they
+matter least, layer by layer (``torchslim.prune.head_allocation``), and each layer keeps
+its own head count and width (``load_pretrained`` restores them).
 A head goes with its q, k and v rows and its o columns; a channel with its up (and
 gate) row and its down column. With grouped-query attention (``kv_heads < heads``)
 ``gqa="groups"`` removes whole KV groups: one KV head with the query heads that read
@@ -26,7 +29,6 @@ import copy
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +39,8 @@ from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.prune.attention import (TransformerLayer, ancestors, common_parent, find_layers,
                                        head_shape, in_out)
 from torchslim.prune.guard import ModelSnapshot
+from torchslim.prune.head_allocation import LayerCounts, global_counts
+from torchslim.prune.head_config import GQA_MODES, HeadPruneConfig, HeadPruneResult, LayerPruning
 from torchslim.prune.head_importance import DATA_IMPORTANCE, HEAD_IMPORTANCE, batches_of
 from torchslim.transformers.persist import note_attributes_, note_build_config_
 
@@ -44,7 +48,6 @@ __all__ = ["GQA_MODES", "HeadPruneConfig", "HeadPruneResult", "LayerPruning", "p
 
 logger = logging.getLogger(__name__)
 
-GQA_MODES = ("groups", "queries")
 # attributes an attention or MLP module may keep its sizes in: set to the new count when
 # they hold the old one, and recorded for load_pretrained
 _HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_attn_heads")
@@ -60,95 +63,6 @@ def _tolerance(dtype: torch.dtype) -> float:
     """Relative max error allowed between the pruned output and the masked original: the
     sums only run in another order, so float32 agrees to ~1e-6; half types to their eps."""
     return max(1e-4, 10 * torch.finfo(dtype).eps)
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeadPruneConfig:
-    """What to remove from every layer (the same count in each, so the config holds)."""
-
-    heads: float = 0.5          # share of each layer's attention heads to remove
-    mlp: float = 0.5            # share of each layer's MLP intermediate channels to remove
-    importance: str = "auto"    # l1, l2, taylor, activation; auto: activation with data, else l2
-    gqa: str = "groups"         # grouped-query attention: remove whole KV groups, or queries
-    batches: int = 8            # data batches the data-based importances read
-
-    def __post_init__(self) -> None:
-        for name in ("heads", "mlp"):
-            value = getattr(self, name)
-            if not 0 <= value < 1:
-                raise ConfigError(f"{name}={value} must be in [0, 1): the share of each "
-                                  f"layer's {'heads' if name == 'heads' else 'MLP channels'} "
-                                  "to remove (at least one must stay)")
-        if self.importance != "auto":
-            HEAD_IMPORTANCE.get(self.importance)  # unknown -> UnknownNameError listing them
-        if self.gqa not in GQA_MODES:
-            raise ConfigError(f"gqa={self.gqa!r}; choose one of {', '.join(GQA_MODES)}")
-        if self.batches < 1:
-            raise ConfigError(f"batches={self.batches} must be >= 1")
-
-
-@dataclass
-class LayerPruning:
-    """What one layer kept and lost (query heads, KV heads, MLP channels: indices)."""
-
-    layer: str
-    heads_kept: list[int]
-    heads_removed: list[int]
-    kv_heads_kept: list[int]
-    kv_heads_removed: list[int]
-    channels_kept: list[int]
-    channels_removed: list[int]
-
-    def describe(self) -> str:
-        grouped = (len(self.kv_heads_kept) + len(self.kv_heads_removed)
-                   != len(self.heads_kept) + len(self.heads_removed))
-        kv = (f" (KV heads kept {self.kv_heads_kept}, removed {self.kv_heads_removed})"
-              if grouped else "")
-        return (f"{self.layer}: heads kept {self.heads_kept}, removed {self.heads_removed}{kv}; "
-                f"MLP channels kept {len(self.channels_kept)} of "
-                f"{len(self.channels_kept) + len(self.channels_removed)}")
-
-
-@dataclass
-class HeadPruneResult:
-    """What was removed, with attention + MLP sizes measured on the rewritten model."""
-
-    layers: list[LayerPruning]
-    importance: str
-    params_before: int   # attention + MLP projection parameters (weights and biases)
-    params_after: int
-    # per layer: (projection weight elements = MACs per token, heads, head_dim)
-    shapes_before: list[tuple[int, int, int]] = field(default_factory=list)
-    shapes_after: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def macs(self, seq: int = 128) -> tuple[int, int]:
-        """Attention + MLP multiply-accumulates of one sequence of ``seq`` tokens, before
-        and after: every projection (``seq * in * out``) plus the attention matmuls
-        (``q k^T`` and ``softmax(.) v``: ``2 * heads * seq^2 * head_dim``)."""
-        def total(shapes: list[tuple[int, int, int]]) -> int:
-            return sum(w * seq + 2 * h * seq * seq * d for w, h, d in shapes)
-        return total(self.shapes_before), total(self.shapes_after)
-
-    def mac_ratio(self, seq: int = 128) -> float:
-        before, after = self.macs(seq)
-        return after / max(before, 1)
-
-    @property
-    def param_ratio(self) -> float:
-        return self.params_after / max(self.params_before, 1)
-
-    def describe(self) -> str:
-        return "\n".join([*(layer.describe() for layer in self.layers),
-                          f"attention+MLP parameters {self.param_ratio:.1%} of the original, "
-                          f"MACs {self.mac_ratio():.1%} at 128 tokens ({self.importance})"])
-
-    def to_dict(self) -> dict[str, Any]:
-        before, after = self.macs()
-        return {"importance": self.importance, "params_before": self.params_before,
-                "params_after": self.params_after, "param_ratio": round(self.param_ratio, 4),
-                "macs_seq128_before": before, "macs_seq128_after": after,
-                "mac_ratio_seq128": round(self.mac_ratio(), 4),
-                "layers": [vars(layer) for layer in self.layers]}
 
 
 def _count(share: float, total: int, what: str, option: str) -> int:
@@ -169,28 +83,57 @@ def _keep(scores: Tensor, remove: int) -> tuple[list[int], list[int]]:
     return sorted(order[remove:]), sorted(order[:remove])
 
 
-def _plan(layer: TransformerLayer, scores: tuple[Tensor, Tensor, Tensor],
-          config: HeadPruneConfig) -> LayerPruning:
+def _uniform_counts(layers: list[TransformerLayer], config: HeadPruneConfig
+                    ) -> list[LayerCounts]:
+    """The same share of every layer: KV groups (or query heads per group) and channels."""
+    out = []
+    for layer in layers:
+        units = channels = 0
+        if (a := layer.attention) is not None and config.heads:
+            r = a.group
+            if config.gqa == "groups" or r == 1:
+                what = "heads" if r == 1 else f"KV groups ({r} query heads each)"
+                units = _count(config.heads, a.kv_heads, what, "heads")
+            else:
+                units = _count(config.heads, r, "query heads per KV group", "heads")
+        if layer.mlp is not None and config.mlp:
+            channels = _count(config.mlp, layer.mlp.width, "MLP channels", "mlp")
+        out.append(LayerCounts(units=units, channels=channels))
+    return out
+
+
+def _plan(layer: TransformerLayer, scores: tuple[Tensor, Tensor, Tensor], counts: LayerCounts,
+          gqa: str) -> LayerPruning:
+    """Which heads and channels go: the ``counts`` least important of the layer."""
     q, kv, ch = scores
     heads = list(range(len(q)))
     kv_kept, kv_removed, kept, removed = list(range(len(kv))), [], heads, []
-    if (a := layer.attention) is not None and config.heads > 0:
+    if (a := layer.attention) is not None and counts.units:
         r = a.group
-        if config.gqa == "groups" or r == 1:
-            what = "heads" if r == 1 else f"KV groups ({r} query heads each)"
+        if gqa == "groups" or r == 1:
             units = torch.stack([q[g * r:(g + 1) * r].sum() + kv[g] for g in range(a.kv_heads)])
-            kv_kept, kv_removed = _keep(units, _count(config.heads, a.kv_heads, what, "heads"))
+            kv_kept, kv_removed = _keep(units, counts.units)
             kept = [g * r + j for g in kv_kept for j in range(r)]
         else:
-            per_group = _count(config.heads, r, "query heads per KV group", "heads")
             kept = [g * r + j for g in range(a.kv_heads)
-                    for j in _keep(q[g * r:(g + 1) * r], per_group)[0]]
+                    for j in _keep(q[g * r:(g + 1) * r], counts.units)[0]]
         removed = [h for h in heads if h not in kept]
     channels = list(range(len(ch)))
     ch_kept, ch_removed = channels, []
-    if layer.mlp is not None and config.mlp > 0:
-        ch_kept, ch_removed = _keep(ch, _count(config.mlp, len(ch), "MLP channels", "mlp"))
+    if layer.mlp is not None and counts.channels:
+        ch_kept, ch_removed = _keep(ch, counts.channels)
     return LayerPruning(layer.name, kept, removed, kv_kept, kv_removed, ch_kept, ch_removed)
+
+
+def _counts(hf: nn.Module, layers: list[TransformerLayer], scores: list[Any],
+            config: HeadPruneConfig) -> list[LayerCounts]:
+    if config.macs is None:
+        return _uniform_counts(layers, config)
+    heads = [layer.attention.heads if layer.attention else 0 for layer in layers]
+    _, shapes = _projection_sizes(hf, layers, heads)
+    total = sum(w + 2 * h * config.seq * d for w, h, d in shapes)  # per token
+    return global_counts(hf, layers, scores, share=config.macs, seq=config.seq, gqa=config.gqa,
+                         min_heads=config.min_heads, min_mlp=config.min_mlp, total_macs=total)
 
 
 def _rows(heads: list[int], head_dim: int, offset: int = 0) -> list[int]:
@@ -273,19 +216,25 @@ def _note_sizes_(hf: nn.Module, layer: TransformerLayer, plan: LayerPruning) -> 
         note_attributes_(hf, name, **attrs)
 
 
-def _update_config_(hf: nn.Module, layers: list[TransformerLayer], plan: LayerPruning) -> None:
+def _update_config_(hf: nn.Module, layers: list[TransformerLayer],
+                    plans: list[LayerPruning]) -> None:
     """The config says what every layer now has; the values it had are recorded so
-    ``load_pretrained`` builds the architecture as it was before resizing it."""
+    ``load_pretrained`` builds the architecture as it was before resizing it. When layers
+    differ (``macs=``), a config entry holds the largest count and each module keeps its
+    own (its attributes, recorded for ``load_pretrained``)."""
     config = hf.config
     hidden, heads, kv, head_dim = head_shape(config)
     new: dict[str, Any] = {}
+    pairs = list(zip(layers, plans))
     if any(layer.attention for layer in layers):
-        new["num_attention_heads"] = len(plan.heads_kept)
+        new["num_attention_heads"] = max(len(p.heads_kept) for layer, p in pairs
+                                         if layer.attention)
         if getattr(config, "num_key_value_heads", None) is not None:
-            new["num_key_value_heads"] = len(plan.kv_heads_kept)
+            new["num_key_value_heads"] = max(len(p.kv_heads_kept) for layer, p in pairs
+                                             if layer.attention)
     mlp = next((layer.mlp for layer in layers if layer.mlp), None)
     if mlp is not None:
-        width = len(plan.channels_kept)
+        width = max(len(p.channels_kept) for layer, p in pairs if layer.mlp)
         keys = [k for k in _CONFIG_WIDTHS if hasattr(config, k)
                 and getattr(config, k) in (mlp.width, None)]
         new.update({k: width for k in keys})
@@ -348,13 +297,13 @@ def _projection_sizes(hf: nn.Module, layers: list[TransformerLayer],
 def _check_recognised(hf: nn.Module, layers: list[TransformerLayer],
                       config: HeadPruneConfig) -> None:
     for layer in layers:
-        if config.heads > 0 and layer.attention is None:
+        if config.prunes_heads and layer.attention is None:
             start = len(layer.calls) - (1 + len(layer.mlp.up) if layer.mlp else 0)
             holder = common_parent(layer.name, list(layer.calls[:start]) or [layer.name])
             raise UnsupportedModelError(
                 f"{type(hf.get_submodule(holder)).__name__} in {layer.name} is not an attention "
                 f"prune_heads_ recognises: {layer.why}; pass heads=0 to prune only the MLP")
-        if config.mlp > 0 and layer.mlp is None:
+        if config.prunes_mlp and layer.mlp is None:
             raise UnsupportedModelError(
                 f"{type(hf.get_submodule(layer.name)).__name__} {layer.name} has no MLP "
                 f"prune_heads_ recognises: {layer.why}; pass mlp=0 to prune only the heads")
@@ -406,8 +355,9 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig | None = None, *,
     hf.eval()
     try:
         scores = HEAD_IMPORTANCE.get(importance)(hf, layers, batches)
-        plans = [_plan(layer, s, config) for layer, s in zip(layers, scores)]
-        result = _apply_(hf, layers, plans, inputs, importance)
+        counts = _counts(hf, layers, scores, config)
+        plans = [_plan(layer, s, c, config.gqa) for layer, s, c in zip(layers, scores, counts)]
+        result = _apply_(hf, layers, plans, inputs, importance, config.allocation)
     finally:
         hf.train(was_training)
     update_(hf, reshaped=True)
@@ -415,11 +365,17 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig | None = None, *,
         update_(model, reshaped=True)
     for line in result.describe().splitlines():
         logger.info("prune_heads_ %s: %s", type(hf).__name__, line)
+    if config.macs is not None and result.mac_ratio(config.seq) > 1 - config.macs + 1e-9:
+        logger.warning("prune_heads_: macs=%s asked for %.1f%% of the attention+MLP MACs, the "
+                       "floors (min_heads=%d, min_mlp=%s) stop at %.1f%% (at %d tokens); "
+                       "lower them to remove more", config.macs, 100 * (1 - config.macs),
+                       config.min_heads, config.min_mlp,
+                       100 * result.mac_ratio(config.seq), config.seq)
     return result
 
 
 def _apply_(hf: nn.Module, layers: list[TransformerLayer], plans: list[LayerPruning],
-            inputs: dict[str, Tensor], importance: str) -> HeadPruneResult:
+            inputs: dict[str, Tensor], importance: str, allocation: str) -> HeadPruneResult:
     """Rewrite, update sizes and config, check against the masked original; undo all of
     it on any failure."""
     before_heads = [layer.attention.heads if layer.attention else 0 for layer in layers]
@@ -430,7 +386,7 @@ def _apply_(hf: nn.Module, layers: list[TransformerLayer], plans: list[LayerPrun
         for layer, plan in zip(layers, plans):
             _rewrite_(hf, layer, plan)
             _note_sizes_(hf, layer, plan)
-        _update_config_(hf, layers, plans[0])
+        _update_config_(hf, layers, plans)
         err = _relative_error(_output(hf, inputs), reference)
     except Exception as e:
         _restore(hf, snapshot, config_state)
@@ -444,7 +400,7 @@ def _apply_(hf: nn.Module, layers: list[TransformerLayer], plans: list[LayerPrun
                                                 f"{err:.2g})"))
     after_heads = [len(p.heads_kept) for p in plans]
     params1, shapes1 = _projection_sizes(hf, layers, after_heads)
-    return HeadPruneResult(plans, importance, params0, params1, shapes0, shapes1)
+    return HeadPruneResult(plans, importance, params0, params1, shapes0, shapes1, allocation)
 
 
 def _relative_error(out: Tensor, ref: Tensor) -> float:
