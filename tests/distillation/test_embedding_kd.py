@@ -10,6 +10,7 @@ apart as the teacher does.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -259,6 +260,37 @@ def test_refusals(bert_tok, train_texts, val_texts) -> None:
     with pytest.raises(ConfigError, match="hidden_states"):
         EmbeddingDistillConfig(hidden_states="1:2")
     assert EmbeddingDistillConfig(hidden_states=["1:2"]).hidden_states == ((1, 2),)
+
+
+def test_a_pruned_copy_keeps_the_teachers_token_table(bert_tok, train_texts, val_texts
+                                                     ) -> None:
+    """token_embeddings="auto" freezes the student's token table when it is the teacher's
+    (a head-pruned copy) and trains it otherwise; "frozen" / "trained" force either."""
+    from torchslim.prune import HeadPruneConfig, prune_heads_
+
+    teacher = tiny_model("bert", seed=0)
+    pruned = copy.deepcopy(teacher)
+    prune_heads_(pruned, HeadPruneConfig(heads=0.5, mlp=0.5))
+    table = teacher.get_input_embeddings().weight.detach().clone()
+    run = lambda student, **kw: distill_embeddings(  # noqa: E731
+        teacher, student, train_texts[:64], tokenizer=bert_tok, val_texts=val_texts[:32],
+        epochs=2, lr=3e-3, max_length=32, **kw)
+    kept = run(pruned)
+    assert kept.token_embeddings == "frozen" and "token embeddings frozen" in str(kept)
+    assert torch.equal(kept.student.get_input_embeddings().weight, table)
+    assert kept.student.get_input_embeddings().weight.requires_grad  # given back trainable
+    assert not torch.equal(kept.student.encoder.layer[0].output.dense.weight,
+                           pruned.encoder.layer[0].output.dense.weight)  # the rest trains
+    trained = run(pruned, token_embeddings="trained")
+    assert trained.token_embeddings == "trained"
+    assert not torch.equal(trained.student.get_input_embeddings().weight, table)
+    other = run(tiny_model("bert", seed=1, num_hidden_layers=1))  # a different table
+    assert other.token_embeddings == "trained"
+    forced = run(tiny_model("bert", seed=1, num_hidden_layers=1), token_embeddings="frozen")
+    assert forced.token_embeddings == "frozen"
+    with pytest.raises(ConfigError, match="token_embeddings='fixed'; choose one of auto, "
+                                          "frozen, trained"):
+        EmbeddingDistillConfig(token_embeddings="fixed")
 
 
 RECIPE = """\

@@ -17,10 +17,11 @@ a head-pruned copy of it, or a smaller config of any family that reads the same 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +40,17 @@ from torchslim.evaluation.metrics import mean_cosine
 from torchslim.train import Callback, TrainConfig, TrainState, fit
 from torchslim.transformers import POOLINGS, TextBatches, TextModel, pool, text_batches, unwrap
 
-__all__ = ["EMBEDDING_LOSSES", "EmbeddingDistillConfig", "EmbeddingDistillResult",
-           "StudentEmbedder", "distill_embeddings", "hidden_state_loss", "uniform_layer_map"]
+__all__ = ["EMBEDDING_LOSSES", "TOKEN_EMBEDDINGS", "EmbeddingDistillConfig",
+           "EmbeddingDistillResult", "StudentEmbedder", "distill_embeddings",
+           "hidden_state_loss", "uniform_layer_map"]
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
 LayerPairs = tuple[tuple[int, int], ...]
+
+
+TOKEN_EMBEDDINGS = ("auto", "frozen", "trained")
 
 
 def _cosine(student: Tensor, teacher: Tensor) -> Tensor:
@@ -103,6 +108,11 @@ class EmbeddingDistillConfig:
     pooling: str = "mean"            # "mean" over the attention mask, "cls" or "last" token
     hidden_states: bool | LayerPairs = False
     hidden_weight: float = 1.0
+    # the student's input token table: "frozen" (not trained), "trained", or "auto": frozen
+    # when it equals the teacher's (a pruned copy). Distillation text never holds every
+    # word; a trained table drifts on the words it sees and leaves the others where the
+    # teacher had them (head-pruned MiniLM on Austen: see the README's transformers section)
+    token_embeddings: str = "auto"
     batch_size: int = 16
     max_length: int = 128            # tokens per text, special tokens included
     val_fraction: float = 0.1        # held-out share of ``texts`` when no val_texts are given
@@ -115,6 +125,9 @@ class EmbeddingDistillConfig:
         object.__setattr__(self, "hidden_states", _layer_pairs(self.hidden_states))
         if not self.hidden_weight >= 0:
             raise ConfigError(f"hidden_weight={self.hidden_weight} must be >= 0")
+        if self.token_embeddings not in TOKEN_EMBEDDINGS:
+            raise ConfigError(f"token_embeddings={self.token_embeddings!r}; choose one of "
+                              f"{', '.join(TOKEN_EMBEDDINGS)}")
         if self.batch_size < 1 or self.max_length < 2:
             raise ConfigError(f"batch_size={self.batch_size} and max_length={self.max_length} "
                               "must be >= 1 and >= 2")
@@ -223,6 +236,7 @@ class EmbeddingDistillResult:
     hidden_pairs: LayerPairs
     n_train: int
     n_val: int
+    token_embeddings: str = "trained"  # what was done with the student's token table
 
     @property
     def loss_curve(self) -> list[float]:
@@ -235,7 +249,8 @@ class EmbeddingDistillResult:
                 f"{self.loss_curve[0]:.4g} -> {self.loss_curve[-1]:.4g}); held-out cosine to "
                 f"the teacher on {self.n_val} texts {self.val_cosine_before:.3f} -> "
                 f"{self.val_cosine:.3f} (centered {self.val_cosine_centered_before:.3f} -> "
-                f"{self.val_cosine_centered:.3f}); hidden-state pairs: {pairs}")
+                f"{self.val_cosine_centered:.3f}); hidden-state pairs: {pairs}; token "
+                f"embeddings {self.token_embeddings}")
 
 
 class _EmbeddingKD(Callback):
@@ -394,8 +409,9 @@ def distill_embeddings(teacher: nn.Module, student: nn.Module, texts: Sequence[s
         trainee, pairs = _build(trained, teacher_encoder, config, train.inputs()[0])
         before = held_out_cosine(trainee.embedder, val)
         kd = _EmbeddingKD(teacher_encoder, trainee, config, pairs, val)
-        history = fit(trainee, Shuffled(train), config=config.train, loss_fn=kd.loss,
-                      callbacks=[kd])
+        with _token_table_frozen(trained, teacher, config.token_embeddings) as table_frozen:
+            history = fit(trainee, Shuffled(train), config=config.train, loss_fn=kd.loss,
+                          callbacks=[kd])
     trained.train(student.training)
     trainee.embedder.train(student.training)
     update_(trained, distillation=Distillation(
@@ -406,9 +422,38 @@ def distill_embeddings(teacher: nn.Module, student: nn.Module, texts: Sequence[s
         student=trained, embedder=trainee.embedder, history=tuple(history),
         val_cosine_before=before[0], val_cosine=last["val_cosine"],
         val_cosine_centered_before=before[1], val_cosine_centered=last["val_cosine_centered"],
-        hidden_pairs=pairs, n_train=_count(train), n_val=_count(val))
+        hidden_pairs=pairs, n_train=_count(train), n_val=_count(val),
+        token_embeddings="frozen" if table_frozen else "trained")
     logger.info("%s", result)
     return result
+
+
+@contextlib.contextmanager
+def _token_table_frozen(student: nn.Module, teacher: nn.Module, mode: str) -> Iterator[bool]:
+    """The student's input token table kept out of training for the duration (``mode``
+    "frozen", or "auto" when it equals the teacher's); yields whether it is."""
+    table = _token_table(student)
+    if mode == "auto":
+        other = _token_table(teacher)
+        mode = "frozen" if (table is not None and other is not None
+                            and table.shape == other.shape
+                            and torch.equal(table.detach().cpu(), other.detach().cpu())) \
+            else "trained"
+    if mode != "frozen" or table is None or not table.requires_grad:
+        yield mode == "frozen" and table is not None
+        return
+    table.requires_grad_(False)
+    try:
+        yield True
+    finally:
+        table.requires_grad_(True)
+
+
+def _token_table(model: nn.Module) -> nn.Parameter | None:
+    base = _Encoder(model).base
+    get = getattr(base, "get_input_embeddings", None)
+    table = get() if callable(get) else None
+    return getattr(table, "weight", None)
 
 
 def _data(texts: Any, val_texts: Any, *, tokenizer: Any, config: EmbeddingDistillConfig,
