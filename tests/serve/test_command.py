@@ -80,9 +80,23 @@ def model_dir(tmp_path: Path) -> Path:
     return tmp_path / "lin"
 
 
+def _wait_for_queue_depth(served: Served, depth: int, timeout_s: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{served.http_port}/metrics").text
+        seen = h.metric(text, "torchslim_inference_queue_depth")
+        if seen == depth:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"queue depth {seen}, not {depth}, after {timeout_s} s")
+
+
 def test_sigterm_answers_the_requests_in_flight_then_exits_0(model_dir: Path) -> None:
-    # a 1.5 s queue delay keeps the four requests in flight when SIGTERM arrives
-    served = Served(str(model_dir), "--max-queue-delay-ms", "1500", "--max-batch-size", "64")
+    # a 3 s queue delay keeps the four requests in flight when SIGTERM arrives
+    served = Served(str(model_dir), "--max-queue-delay-ms", "3000", "--max-batch-size", "64")
     try:
         answers: list[object] = []
 
@@ -97,8 +111,8 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model_dir: Path) ->
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
-        served.proc.send_signal(signal.SIGTERM)
+        _wait_for_queue_depth(served, 4)   # not a fixed sleep: beside other jobs the
+        served.proc.send_signal(signal.SIGTERM)   # clients took longer than 0.5 s to connect
         for t in threads:
             t.join(20)
         assert served.proc.wait(30) == 0
