@@ -17,7 +17,9 @@ dynamic int8 (``quantize`` with ``DynamicQuantConfig`` + int8 word embeddings, w
 ``torchslim.export`` -> ``export_dynamic``), torchslim static W8A8 with SmoothQuant
 (``smooth_``: groups found on the graph; int8 word embeddings; QDQ), torchslim weight-only
 int4 packed (``WeightOnlyConfig(bits=4, group_size=32)`` + int4 word embeddings,
-``export_int4`` -> MatMulNBits / GatherBlockQuantized), head-pruned + KD (fp32; needs
+``export_int4`` -> MatMulNBits / GatherBlockQuantized), head-pruned + KD (fp32:
+``HeadPruneConfig(macs=0.5)`` then ``distill_embeddings(hidden_states=True)`` on the
+training sentences plus ``--kd-text``, e.g. ``austen:8000,wordnet:8000``; needs
 ``torchslim.prune.heads`` and ``torchslim.distillation.embedding``, else 'skipped: why'),
 and the peers ONNX Runtime ``quantize_dynamic`` (per_channel False / True, after
 ``quant_pre_process``) and ``torch.ao.quantization.quantize_dynamic`` (torch).
@@ -53,6 +55,7 @@ import numpy as np
 import torch
 from _common import (Candidate, build, file_bytes, one_line, setup_logging, step,
                      time_interleaved, to_row, torch_bytes, write_results)
+from _kd_text import kd_texts
 from _sentences import EVAL_PAIRS, TRAIN
 from _transformer_report import (HEAD_PRUNED, OURS_DYNAMIC, OURS_INT4, judge, print_table,
                                 ratio_stats)
@@ -71,6 +74,7 @@ RANDOM_CONFIG = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4
 TINY_CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                    intermediate_size=256, vocab_size=2048, max_position_embeddings=256)
 EVAL_BATCH = 16          # held-out sentences per scored batch (padded per batch)
+KD_BATCH = 32            # texts per distillation step of the head-pruned student
 
 
 @dataclass
@@ -281,9 +285,11 @@ class Skipped(Exception):
 
 
 def head_pruned_kd(ctx: Context) -> dict[str, Any]:
-    """Half the heads and half the MLP channels of every layer removed by importance
-    (``prune_heads_``, activation importance on the calibration sentences), then the
-    student distilled on the teacher's embeddings of the training sentences."""
+    """Half the attention + MLP MACs removed where they matter least across layers
+    (``prune_heads_`` with ``HeadPruneConfig(macs=0.5)``: activation importance on the
+    calibration sentences, every head and channel ranked together per MAC), then the
+    student distilled on the teacher's pooled embeddings and every layer's hidden states
+    (its token table, the teacher's, kept)."""
     try:
         from torchslim.distillation.embedding import distill_embeddings
         from torchslim.prune.heads import HeadPruneConfig, prune_heads_
@@ -292,11 +298,12 @@ def head_pruned_kd(ctx: Context) -> dict[str, Any]:
                       "not in torchslim yet)") from e
     student = copy.deepcopy(ctx.model)
     t0 = time.perf_counter()
-    pruned = prune_heads_(student, HeadPruneConfig(heads=0.5, mlp=0.5), data=ctx.calib,
-                          example_inputs=ctx.example)
+    config = HeadPruneConfig(macs=0.5, seq=ctx.mac_seq)
+    pruned = prune_heads_(student, config, data=ctx.calib, example_inputs=ctx.example)
     prune_s = time.perf_counter() - t0
     kd = distill_embeddings(ctx.model, student, ctx.kd_texts, tokenizer=ctx.tokenizer,
-                            epochs=ctx.kd_epochs, threads=ctx.threads, seed=0)
+                            hidden_states=True, batch_size=KD_BATCH, epochs=ctx.kd_epochs,
+                            threads=ctx.threads, seed=0)
     student = kd.student
     student = (student if isinstance(student, TextModel)
                else TextModel(student, output="embedding", pooling="mean", normalize=True)).eval()
@@ -308,16 +315,24 @@ def head_pruned_kd(ctx: Context) -> dict[str, Any]:
                                "prune_seconds": round(prune_s, 2),
                                "prune_heads_mac_ratio": round(pruned.mac_ratio(ctx.mac_seq), 4),
                                "param_ratio": round(pruned.param_ratio, 4),
+                               "layers_kept": [[len(x.heads_kept), len(x.channels_kept)]
+                                               for x in pruned.layers],
                                "kd": {"n_train": kd.n_train, "n_val": kd.n_val,
                                       "val_cosine_before": round(kd.val_cosine_before, 4),
                                       "val_cosine": round(kd.val_cosine, 4),
                                       "val_cosine_centered": round(kd.val_cosine_centered, 4),
+                                      "token_embeddings": kd.token_embeddings,
+                                      "hidden_pairs": [list(p) for p in kd.hidden_pairs],
                                       "loss_curve": [round(x, 5) for x in kd.loss_curve]}}
+    kept = ", ".join(f"{h}h/{c}" for h, c in ctx.extras[HEAD_PRUNED]["layers_kept"])
     return {"onnxruntime": ctx.ort(path), "bytes": file_bytes(path),
-            "note": f"prune_heads_(HeadPruneConfig(heads=0.5, mlp=0.5), data=calibration) + "
-                    f"distill_embeddings (cosine on mean-pooled embeddings, {ctx.kd_epochs} "
-                    f"epochs, AdamW one-cycle; {kd.n_train} training / {kd.n_val} validation "
-                    "sentences, none of the held-out ones); fp32 ONNX"}
+            "note": f"prune_heads_(HeadPruneConfig(macs=0.5, seq={ctx.mac_seq}), "
+                    f"data=calibration): heads/MLP channels kept per layer {kept}; "
+                    f"distill_embeddings(hidden_states=True: cosine+mse on mean-pooled "
+                    f"embeddings + every layer's hidden states; token table "
+                    f"{kd.token_embeddings}; {ctx.kd_epochs} epochs of batches of {KD_BATCH}, "
+                    f"AdamW one-cycle; {kd.n_train} training / {kd.n_val} validation texts, "
+                    "none of the held-out ones); fp32 ONNX"}
 
 
 # ---------------------------------------------------------------- rows: peers
@@ -516,10 +531,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed calls per visit, median taken (default 3; quick 1)")
     p.add_argument("--kd-epochs", type=int, default=None,
                    help="distillation epochs of the head-pruned student (default 20; quick 1)")
-    p.add_argument("--kd-text", type=Path, default=None,
-                   help="a UTF-8 file of more plain text for the distillation only (one text "
-                        "per line, blank lines skipped), or austen:N for N sentences of Jane "
-                        "Austen's novels (make llm-data); default: the 95 training sentences")
+    p.add_argument("--kd-text", default=None,
+                   help="more plain text for the distillation only, comma-separated: a UTF-8 "
+                        "file (one text per line), austen:N (N sentences of Jane Austen's "
+                        "novels, make llm-data), wordnet:N (N WordNet usage examples, "
+                        "apt-get install wordnet-base); default: the 95 training sentences")
     p.add_argument("--noise", type=float, default=0.05,
                    help="speed tolerance of the 'no slower than the fastest peer' bar")
     p.add_argument("--workdir", type=Path, default=None,
@@ -536,38 +552,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def austen_sentences(n: int) -> list[str]:
-    """``n`` sentences of 4-40 words from Jane Austen's novels (``make llm-data``), in a
-    seeded random order: plain English text for the distillation."""
-    import random
-    import re
-
-    from torchslim.llm.data import load_austen
-
-    found = [s for text in load_austen().values()
-             for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-             if 4 <= len(s.split()) <= 40 and not s.isupper()]
-    random.Random(0).shuffle(found)
-    return found[:n]
-
-
-def extra_kd_text(path: Path | None) -> list[str]:
-    """The lines of ``--kd-text`` (none of the held-out sentences may be among them);
-    ``austen:N``: N sentences of Austen's novels."""
-    if path is None:
+def extra_kd_text(spec: str | None) -> list[str]:
+    """The texts of ``--kd-text`` (bench/_kd_text.py); none of the held-out sentences may
+    be among them."""
+    if spec is None:
         return []
-    if str(path).startswith("austen:"):
-        lines = austen_sentences(int(str(path).removeprefix("austen:")))
-    elif not path.is_file():
-        raise SystemExit(f"error: --kd-text {path} is not a file; pass a UTF-8 text file")
-    else:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = kd_texts(spec)
     held_out = {x for pair in EVAL_PAIRS for x in pair}
     leaked = sorted(held_out.intersection(lines))
     if leaked:
         raise SystemExit(f"error: --kd-text holds {len(leaked)} held-out sentences (e.g. "
                          f"{leaked[0]!r}); remove them, they are what the row is scored on")
-    return [line for line in lines if line]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
