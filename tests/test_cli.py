@@ -153,11 +153,17 @@ def test_quantize_report_carries_the_sensitivity_table(checkpoint: Path, fake_fa
     assert "Per-layer quantization sensitivity" in html and layers[0]["name"] in html
 
 
-def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path: Path) -> None:
+def test_sensitivity_ranks_layers(checkpoint: Path, fake_fashion: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchslim._commands._app import out_console
+
+    monkeypatch.setattr(out_console, "_width", 40)   # a narrow terminal (CI's is 80 wide)
+    out = tmp_path / ("a-long-directory-name-" * 3) / "s"
     result = runner.invoke(app, ["sensitivity", str(checkpoint), "--data", str(fake_fashion),
-                                 "--batches", "2", "--out", str(tmp_path / "s")])
+                                 "--batches", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    layers = json.loads((tmp_path / "s" / "sensitivity.json").read_text())["layers"]
+    assert f"json: {out / 'sensitivity.json'}" in result.stdout   # the path is never broken
+    layers = json.loads((out / "sensitivity.json").read_text())["layers"]
     assert len(layers) >= 8 and {"name", "metric_drop", "sqnr_db", "params"} <= set(layers[0])
     drops = [r["metric_drop"] for r in layers]
     assert drops == sorted(drops, reverse=True)

@@ -57,7 +57,8 @@ def usage_line(e: typer.TyperException) -> str:
 app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Make trained PyTorch models smaller and faster, with measured accuracy.")
-out_console = Console()
+# soft_wrap: a printed path stays on one line at any terminal width (tables still fit it)
+out_console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 state: dict[str, Any] = {"debug": False}
 
