@@ -49,7 +49,9 @@ DISTILL = OptionTable("distill", (
     option("feature_weight", DistillConfig, recipe=False),
     option("attention", DistillConfig, recipe=False, help=PAIRS),
     option("attention_weight", DistillConfig, recipe=False),
-    option("cache_teacher", DistillConfig, recipe=False, flag="--cache-teacher",
+    # in a recipe: the teacher's logits are computed once over the training images, which
+    # therefore must not be augmented (``data_args: {augment: false}``)
+    option("cache_teacher", DistillConfig, flag="--cache-teacher",
            help="Run the teacher once (turns off flip augmentation)."),
     option("seed", TrainConfig, recipe=False),
 ), build=_distill_plan)

@@ -158,12 +158,13 @@ def prune_model(model: nn.Module, data: DataBundle, plan: PrunePlan, *,
         steps = 1
     record["steps"] = prune_gradually_(model, config, example_inputs=x, train=data.train,
                                        val=data.val, steps=steps, finetune=finetune)
-    record.update(_measure(before, model, x))
+    record.update(measure_pruned(before, model, x))
     return record
 
 
-def _measure(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    """Layer shapes and counts before/after, without pruning anything again."""
+def measure_pruned(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Layer shapes and counts before/after (``x``: an input batch of the right shape),
+    without pruning anything again."""
     shape = tuple(x.shape[1:])
     return {"macs_before": count_macs(before, shape), "macs_after": count_macs(after, shape),
             "params_before": count_params(before), "params_after": count_params(after),

@@ -100,6 +100,10 @@ class QuantizePlan:
 
 def _quantize_plan(table: OptionTable, v: dict[str, Any]) -> QuantizePlan:
     config_type = METHODS.get(v["method"])   # UnknownNameError listing the methods
+    if v["method"] != "qat" and v["max_steps_per_epoch"] is not None:
+        raise ConfigError(f"max_steps_per_epoch={v['max_steps_per_epoch']} caps the epochs of "
+                          f"quantization-aware training, and method {v['method']!r} trains "
+                          "nothing; drop it, or use method qat")
     qat_train = (TrainConfig(**table.kwargs(TrainConfig, v), **QAT_SCHEDULE)
                  if v["method"] == "qat" else None)
     return QuantizePlan(config=config_type(**table.kwargs(config_type, v)), qat=qat_train,
@@ -129,6 +133,8 @@ QUANTIZE = OptionTable("quantize", (
     option("calib_batches", QuantizePlan, help="Calibration batches of 32 training images."),
     option("qat_epochs", TrainConfig, field="epochs", default=1, type=int,
            help="Quantization-aware training epochs (method qat)."),
+    option("max_steps_per_epoch", TrainConfig, flag=None,
+           help="QAT: at most this many training batches per epoch (method qat)."),
     option("float_layers", QuantConfig, field="skip", flag=None,
            help="Layer names or regexes kept in float."),
     option("group_size", WeightOnlyConfig, default=None, flag=None, recipe=False,

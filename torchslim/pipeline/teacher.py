@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from torchslim.config import cache_dir
@@ -56,13 +57,13 @@ def get_teacher(recipe: TeacherRecipe, data: DataBundle, *,
     if weights.is_file():
         model, meta = load_checkpoint(weights)
         logger.info("reusing cached teacher %s", weights)
-        return model, meta, True
+        return _nhwc(model), meta, True
     shipped = SHIPPED / f"{recipe.key()}.safetensors"
     if shipped.is_file():
         model, meta = load_checkpoint(shipped)
         logger.info("using the shipped teacher %s (trained by this recipe; put a checkpoint "
                     "at %s to use another)", shipped.name, weights)
-        return model, {**meta, "shipped": True}, True
+        return _nhwc(model), {**meta, "shipped": True}, True
     model = build_model(recipe.model, num_classes=data.info.num_classes,
                         in_channels=data.info.input_shape[0], **recipe.model_kwargs)
     logger.info("training teacher %s on %s (%d epochs); cached afterwards in %s",
@@ -74,4 +75,11 @@ def get_teacher(recipe: TeacherRecipe, data: DataBundle, *,
     save_checkpoint(weights, model, spec=model_spec(model), dataset=recipe.dataset,
                     metrics=metrics, recipe=json.loads(json.dumps(asdict(recipe), default=str)))
     model, meta = load_checkpoint(weights)
-    return model, meta, False
+    return _nhwc(model), meta, False
+
+
+def _nhwc(model: nn.Module) -> nn.Module:
+    """The teacher in channels_last, the layout oneDNN's CPU convolutions run fastest in:
+    its inference (a KD stage's logits over the training set, PTQ calibration) is about a
+    quarter faster than in NCHW. Only the strides change; the weights are the same values."""
+    return model.to(memory_format=torch.channels_last)
