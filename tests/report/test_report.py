@@ -128,3 +128,26 @@ def test_print_table_narrow_console_has_one_column_per_candidate(written):
     lines = console.file.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 80
     assert any(line.startswith("│ b32 speed-up") and "4.00×" in line for line in lines)
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_title_says_which_speed_up_the_table_shows(results, width):
+    """Separately timed p50s give a ratio of p50s; an interleaved loop's ratios say so."""
+    base, others = results
+
+    def title(candidates) -> str:
+        console = Console(file=io.StringIO(), width=width)
+        print_table(candidates, console=console)
+        return " ".join(console.file.getvalue().split())   # a title may wrap
+
+    assert "baseline p50 / candidate p50" in title([base, *others])
+    others[1].extra["speedup_interleaved"] = {"vs": base.name, "rounds": 3,
+                                              "batches": {"32": {"speedup": 3.5, "low": 3.0,
+                                                                 "high": 3.9}}}
+    mixed = title([base, *others])
+    assert "one interleaved loop, else baseline p50 / candidate p50" in mixed
+    assert "3.50×" in mixed
+    for c in (base, others[0]):
+        c.extra["speedup_interleaved"] = {"vs": base.name, "rounds": 3, "batches": {}}
+    text = title([base, *others])
+    assert "one interleaved loop" in text and "candidate p50" not in text

@@ -146,11 +146,23 @@ def _rich_table(title: str, headers: list[str], rows: list[list[str]], left: int
     return table
 
 
-def _transposed(headers: list[str], rows: list[list[str]]) -> Any:
+def speedup_legend(report_or_results: Any) -> str:
+    """What the speed-up column means for these candidates (see ``speedup``)."""
+    candidates, _ = candidates_of(report_or_results)
+    timed = [bool((c.get("extra") or {}).get("speedup_interleaved")) for c in candidates]
+    if all(timed):
+        return "speed-up = median per-round ratio to the baseline in one interleaved loop"
+    if any(timed):
+        return ("speed-up = median per-round ratio in one interleaved loop, else baseline "
+                "p50 / candidate p50")
+    return "speed-up = baseline p50 / candidate p50"
+
+
+def _transposed(headers: list[str], rows: list[list[str]], legend: str) -> Any:
     """One column per candidate, one row per metric: fits a narrow terminal."""
     from rich.table import Table
 
-    table = Table(title="torchslim summary (speed-up = baseline p50 / candidate p50)",
+    table = Table(title=f"torchslim summary ({legend})",
                   header_style="bold", title_justify="left")
     table.add_column("", style="bold", no_wrap=True)
     for row in rows:
@@ -173,11 +185,12 @@ def print_table(report_dict_or_results: Any, console: Any = None) -> None:
     console = console or Console(stderr=False)
     narrow = console.width < 150
     headers, rows = summary_table(report_dict_or_results, compact=narrow)
+    legend = speedup_legend(report_dict_or_results)
     if narrow:
-        console.print(_transposed(headers, rows))
+        console.print(_transposed(headers, rows, legend))
         return
     split = headers.index("size")
-    console.print(_rich_table("Accuracy and speed (speed-up = baseline p50 / candidate p50)",
+    console.print(_rich_table(f"Accuracy and speed ({legend})",
                               headers[:split], [r[:split] for r in rows], left=3))
     console.print(_rich_table("Size and cost", headers[:1] + headers[split:],
                               [r[:1] + r[split:] for r in rows], left=1))
