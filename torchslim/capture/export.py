@@ -21,7 +21,6 @@ pytree code generation of the exported graph is kept).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import warnings
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.export import Dim
 
-from torchslim.capture.inputs import ExampleInputs
+from torchslim.capture.inputs import ExampleInputs, per_parameter
 
 __all__ = ["export_graph", "quiet_torch", "KEEP_META"]
 
@@ -80,15 +79,8 @@ def _auto(value: Any) -> Any:
 
 
 def _dynamic_shapes(model: nn.Module, inputs: ExampleInputs) -> Any:
-    """``Dim.AUTO`` on every dim, in the structure torch.export wants: a tuple for
-    positional arguments only, else a dict by parameter name."""
-    if not inputs.kwargs:
-        return tuple(_auto(a) for a in inputs.args)
-    params = [p.name for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    shapes = {name: _auto(a) for name, a in zip(params, inputs.args)}
-    shapes.update({k: _auto(v) for k, v in inputs.kwargs.items()})
-    return shapes
+    """``Dim.AUTO`` on every dim, in the structure of ``model.forward``'s parameters."""
+    return per_parameter(model, inputs, lambda _, value: _auto(value))
 
 
 def _two_rows(inputs: ExampleInputs) -> ExampleInputs:

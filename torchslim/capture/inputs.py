@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from itertools import islice
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from torchslim.errors import ConfigError
 
 __all__ = ["ExampleInputs", "as_example_inputs", "batch_inputs", "first_inputs", "call",
            "to_device",
-           "DynamicDims", "check_dynamic_dims", "positional_names"]
+           "DynamicDims", "check_dynamic_dims", "positional_names", "per_parameter"]
 
 # input name -> {dim index: dim name}
 DynamicDims = Mapping[str, Mapping[int, str]]
@@ -84,8 +84,43 @@ def positional_names(model: nn.Module | None, count: int) -> tuple[str, ...]:
         for p in params:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 names.append(p.name)
+            elif p.kind is p.VAR_POSITIONAL:   # forward(self, *inputs): inputs_0, inputs_1...
+                names += [f"{p.name}_{i}" for i in range(max(count - len(names), 0))]
+                break   # torch.export names the captured graph's inputs the same way
     names = names[:count]
     return tuple(names + [f"input_{i}" for i in range(len(names), count)])
+
+
+def per_parameter(model: nn.Module, inputs: ExampleInputs,
+                  leaf: Callable[[str, Any], Any]) -> Any:
+    """``leaf(name, value)`` of every argument, in the structure torch.export wants for
+    ``dynamic_shapes``: ``model.forward``'s parameters by name, a ``*args`` parameter as
+    a tuple of its arguments and a ``**kwargs`` one as a dict of them (a wrapper's
+    ``forward(self, *inputs)`` takes one spec per input, nested in one tuple)."""
+    names = dict(zip(range(len(inputs.args)), inputs.arg_names))
+    try:
+        bound = inspect.signature(model.forward).bind(
+            *(("arg", i) for i in range(len(inputs.args))),
+            **{k: ("kwarg", k) for k in inputs.kwargs})
+    except (TypeError, ValueError):   # export will say what is wrong with the call
+        return tuple(leaf(n, a) for n, a in zip(inputs.arg_names, inputs.args))
+
+    def one(slot: tuple[str, Any]) -> Any:
+        kind, key = slot
+        return (leaf(names[key], inputs.args[key]) if kind == "arg"
+                else leaf(key, inputs.kwargs[key]))
+
+    params = inspect.signature(model.forward).parameters
+    shapes: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = params[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            shapes[name] = tuple(one(v) for v in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            shapes[name] = {k: one(v) for k, v in value.items()}
+        else:
+            shapes[name] = one(value)
+    return shapes
 
 
 def as_example_inputs(example_inputs: Any = None, *, model: nn.Module | None = None,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torchslim import _io
 from torchslim.capture.export import quiet_torch
 from torchslim.capture.inputs import (DynamicDims, ExampleInputs, as_example_inputs,
-                                      check_dynamic_dims)
+                                      check_dynamic_dims, per_parameter)
 from torchslim.errors import ConfigError, UnsupportedModelError
 from torchslim.exporters._onnx_graph import clean_up_
 
@@ -100,23 +100,13 @@ def _dynamo(model: nn.Module, inputs: ExampleInputs, sig: Signature, opset: int
         return {d: label for d, label in sig.dynamic.get(name, {}).items()} or None \
             if isinstance(value, Tensor) else None
 
-    if inputs.kwargs:
-        params = _positional_params(model)
-        shapes: Any = {p: spec(n, a) for p, n, a in zip(params, inputs.arg_names, inputs.args)}
-        shapes.update({k: spec(k, v) for k, v in inputs.kwargs.items()})
-    else:
-        shapes = tuple(spec(n, a) for n, a in zip(inputs.arg_names, inputs.args))
+    shapes = per_parameter(model, inputs, spec)
     with quiet_torch():
         program = torch.onnx.export(model, tuple(inputs.args), kwargs=dict(inputs.kwargs) or None,
                                     dynamo=True, opset_version=opset, dynamic_shapes=shapes,
                                     input_names=list(sig.inputs), output_names=list(sig.outputs),
                                     verbose=False)
     return program.model_proto
-
-
-def _positional_params(model: nn.Module) -> list[str]:
-    return [p.name for p in inspect.signature(model.forward).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _torchscript(model: nn.Module, inputs: ExampleInputs, sig: Signature, opset: int
