@@ -121,7 +121,9 @@ def _prune_what_runs(model: nn.Module, config: ChannelPruneConfig, example_input
         if not graph.groups:
             raise ConfigError(f"{type(model).__name__} has no prunable channel group "
                               f"(protected: {', '.join(graph.protected)})")
-        if scores is None:  # the groups left after protecting more keep their scores
+        if not _scored(graph, scores):
+            # protecting a layer can split or merge the groups around it (SqueezeNet's fire
+            # modules): score again rather than look up a group that was not scored
             scores = _scores(model, config, graph, data)
         plan = _plan(model, config, graph, scores, example_inputs)
         why = trial.apply(graph, plan)
@@ -141,6 +143,13 @@ def _prune_what_runs(model: nn.Module, config: ChannelPruneConfig, example_input
 
 
 _ATTEMPTS = 3  # plan, protect what broke, plan again (and once more for a hidden second)
+
+
+def _scored(graph: CouplingGraph, scores: dict[str, Tensor] | None) -> bool:
+    """Every group of ``graph`` has a score of its size (the groups left after protecting
+    more usually keep theirs)."""
+    return scores is not None and all(
+        g.name in scores and scores[g.name].numel() == g.size for g in graph.groups)
 
 
 def _scores(model: nn.Module, config: ChannelPruneConfig, graph: CouplingGraph,
