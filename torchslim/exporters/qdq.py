@@ -99,7 +99,22 @@ def export_qdq(prepared: nn.Module, path: str | os.PathLike[str], *, example_inp
     logger.info("exported %s (%s exporter): %d int8 weights, %d int32 biases, %d requantize "
                 "pairs dropped, %d hard gates on integers, %d bytes", out, used, len(found),
                 biases, pairs, gates, out.stat().st_size)
+    _warn_float_on_runtime(out, len(found))
     return out
+
+
+def _warn_float_on_runtime(path: Path, weights: int) -> None:
+    """Say so when ONNX Runtime runs int8 weights in float (never silently slower)."""
+    try:
+        floats = float_weighted_ops(path)
+    except ImportError:   # no ONNX Runtime here: nothing to check against
+        return
+    if floats:
+        shown = ", ".join(floats[:5]) + (f" and {len(floats) - 5} more" if len(floats) > 5 else "")
+        logger.warning("%d of the %d int8 weights of %s run in float on ONNX Runtime (%s): "
+                       "their inputs are not quantized, so no integer kernel takes them; "
+                       "capture the model whole (see the capture route in the log) or keep "
+                       "those layers in float", len(floats), weights, path.name, shown)
 
 
 def _note_full_range(prepared: nn.Module) -> None:
@@ -120,6 +135,11 @@ def ort_fused_ops(path: str | os.PathLike[str], *, level: str = "all") -> Counte
     """Op types in the graph ONNX Runtime runs after its optimizations (``level`` "all" or
     "extended"): e.g. ``QLinearConv`` where a QDQ convolution was fused, ``Conv`` (or
     ``FusedConv``) where it stayed in float."""
+    return Counter(node.op_type for node in _ort_graph(path, level).node)
+
+
+def _ort_graph(path: str | os.PathLike[str], level: str = "all") -> onnx.GraphProto:
+    """The graph ONNX Runtime runs after its optimizations at ``level``."""
     import onnxruntime as ort
 
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -134,8 +154,21 @@ def ort_fused_ops(path: str | os.PathLike[str], *, level: str = "all") -> Counte
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(optimized), load_external_data=False).graph
-    return Counter(node.op_type for node in graph.node)
+        return onnx.load(str(optimized), load_external_data=False).graph
+
+
+def float_weighted_ops(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the Conv/Gemm/MatMul nodes that ONNX Runtime runs in float on an int8
+    weight (a DequantizeLinear of an initializer feeds them): their input was not
+    quantized, so the runtime could not fuse them into an integer kernel."""
+    graph = _ort_graph(path)
+    constants = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in constants}
+    return [n.name or n.output[0] for n in graph.node
+            if any(k in n.op_type for k in ("Conv", "Gemm", "MatMul"))
+            and not n.op_type.startswith(("QLinear", "QGemm", "DynamicQuantize"))
+            and "Integer" not in n.op_type and any(i in dequantized for i in n.input)]
 
 
 class _QDQ(nn.Module):
