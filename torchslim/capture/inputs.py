@@ -97,20 +97,19 @@ def per_parameter(model: nn.Module, inputs: ExampleInputs,
     ``dynamic_shapes``: ``model.forward``'s parameters by name, a ``*args`` parameter as
     a tuple of its arguments and a ``**kwargs`` one as a dict of them (a wrapper's
     ``forward(self, *inputs)`` takes one spec per input, nested in one tuple)."""
-    names = dict(zip(range(len(inputs.args)), inputs.arg_names))
     try:
-        bound = inspect.signature(model.forward).bind(
-            *(("arg", i) for i in range(len(inputs.args))),
-            **{k: ("kwarg", k) for k in inputs.kwargs})
+        signature = inspect.signature(model.forward)
+        bound = signature.bind(*(("arg", i) for i in range(len(inputs.args))),
+                               **{k: ("kwarg", k) for k in inputs.kwargs})
     except (TypeError, ValueError):   # export will say what is wrong with the call
         return tuple(leaf(n, a) for n, a in zip(inputs.arg_names, inputs.args))
 
     def one(slot: tuple[str, Any]) -> Any:
         kind, key = slot
-        return (leaf(names[key], inputs.args[key]) if kind == "arg"
+        return (leaf(inputs.arg_names[key], inputs.args[key]) if kind == "arg"
                 else leaf(key, inputs.kwargs[key]))
 
-    params = inspect.signature(model.forward).parameters
+    params = signature.parameters
     shapes: dict[str, Any] = {}
     for name, value in bound.arguments.items():
         kind = params[name].kind

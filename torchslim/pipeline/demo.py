@@ -144,16 +144,17 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                              "val_top1": (meta.get("metrics") or {}).get("val_top1")},
                  "pruning": _pruning(pipeline, tuple(data.info.input_shape)),
                  "pipeline": pipeline.pipeline, "robustness": robustness, "registry": registry}
+        timing = step.block()   # the steps up to the report: what the report and caller get
         paths = write_report(out, baseline=torch_result, candidates=results[1:],
                              dataset={"name": recipe.dataset, "split": "test",
                                       "n": torch_result.n},
                              class_names=list(data.info.class_names), title="torchslim demo",
-                             extra={**extra, "timing": step.block()})
+                             extra={**extra, "timing": timing})
     paths["pipeline"] = pipeline.report["pipeline"]
-    logger.info("demo finished in %.1f s: verdict %s", step.block()["total_s"], pipeline.verdict)
+    logger.info("demo finished in %.1f s: verdict %s", timing["total_s"], pipeline.verdict)
     return {"report": paths, "results": results, "teacher_cached": cached,
             "verdict": pipeline.verdict, "artifact": pipeline.artifact, "registry": registry,
-            "timing": step.block()}
+            "timing": timing}
 
 
 # The quick demo's recipe: the built-in one's stages, shrunk to a smoke test.
